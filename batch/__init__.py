@@ -1,0 +1,1 @@
+"""Batch jobs (Celery on Redis, CloudEvents ingress). Not built yet: see issue 3."""

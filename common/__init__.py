@@ -1,0 +1,1 @@
+"""Shared by the online and batch paths: settings, model bundle, cache, metrics, errors."""

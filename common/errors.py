@@ -1,0 +1,85 @@
+"""The error hierarchy. Each error knows its HTTP status and a stable machine-readable code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SurgeError(Exception):
+    """Base of every error a client may see; the body is {"error": {code, message, detail}}."""
+
+    status = 500
+    code = "internal"
+
+    def __init__(self, message: str, detail: Any = None, *, retry_after: int | None = None):
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.retry_after = retry_after
+
+    def body(self) -> dict[str, Any]:
+        """The stable JSON error body."""
+        return {"error": {"code": self.code, "message": self.message, "detail": self.detail}}
+
+
+class InvalidInput(SurgeError):
+    status = 422
+    code = "invalid_input"
+
+
+class EmptyText(InvalidInput):
+    code = "empty_text"
+
+
+class TextTooLong(InvalidInput):
+    code = "text_too_long"
+
+
+class TooManyItems(InvalidInput):
+    code = "too_many_items"
+
+
+class PayloadTooLarge(SurgeError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(SurgeError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class NotFound(SurgeError):
+    status = 404
+    code = "not_found"
+
+
+class Overloaded(SurgeError):
+    """The batch queue is full: shed load, the client retries after Retry-After seconds."""
+
+    status = 503
+    code = "overloaded"
+
+
+class NotReady(SurgeError):
+    status = 503
+    code = "not_ready"
+
+
+class DeadlineExceeded(SurgeError):
+    status = 504
+    code = "deadline_exceeded"
+
+
+class ModelError(SurgeError):
+    """The model failed on a batch; the cause is logged, never sent to the client."""
+
+    status = 500
+    code = "model_error"
+
+
+class ModelNotFound(SurgeError):
+    """No usable model directory (startup error, not a request error)."""
+
+    status = 500
+    code = "model_not_found"

@@ -1,0 +1,73 @@
+"""Request and response bodies shared by the API, the jobs path and the load tester."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    text: str = Field(description="Text to classify. Empty or whitespace-only is refused (422 "
+                      "empty_text); longer than SURGE_MAX_TEXT_CHARS is refused (422 "
+                      "text_too_long); beyond the model's token limit it is truncated.")
+
+
+class BulkPredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str] = Field(min_length=1, description="1..SURGE_BULK_MAX_ITEMS texts.")
+
+
+class LabelScore(BaseModel):
+    label: str
+    score: float
+
+
+class BulkItem(BaseModel):
+    label: str
+    score: float
+    scores: list[LabelScore]
+    cached: bool
+
+
+class PredictResponse(BulkItem):
+    model: str
+    version: str
+
+
+class BulkPredictResponse(BaseModel):
+    model: str
+    version: str
+    results: list[BulkItem]
+
+
+class ErrorDetail(BaseModel):
+    code: str
+    message: str
+    detail: Any = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ModelCard(BaseModel):
+    name: str
+    version: str
+    labels: list[str]
+    max_tokens: int
+    lowercase: bool
+    metrics: dict[str, Any]
+    default: bool = True
+
+
+class ModelList(BaseModel):
+    models: list[ModelCard]
+
+
+class Readiness(BaseModel):
+    status: str
+    model: str | None = None
+    version: str | None = None
+    cache: dict[str, Any] = Field(default_factory=dict)

@@ -1,0 +1,123 @@
+"""One frozen Settings object, read from the environment once (prefix SURGE_) and passed down."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+log = logging.getLogger(__name__)
+
+
+class Settings(BaseSettings):
+    """Every tunable of the service; environment variables are SURGE_<NAME>."""
+
+    model_config = SettingsConfigDict(env_prefix="SURGE_", frozen=True, extra="ignore")
+
+    # Serving. Knative injects PORT; it wins over SURGE_PORT.
+    host: str = "0.0.0.0"
+    port: int = Field(8080, validation_alias=AliasChoices("PORT", "SURGE_PORT"))
+    log_level: str = "INFO"
+    log_json: bool = True
+    access_log: bool = True
+
+    # Model. Unset model_dir means the default bundle built by `surgeserve model build`.
+    model_dir: Path | None = None
+    model_name: str | None = None
+    max_tokens: int = Field(128, ge=8, le=4096)
+    torch_threads: int | None = Field(None, ge=1)
+
+    # Micro-batching.
+    max_batch_size: int = Field(32, ge=1, le=1024)
+    max_wait_ms: float = Field(0.0, ge=0, le=1000)
+    max_queue: int = Field(1024, ge=1)
+    request_timeout_s: float = Field(10.0, gt=0)
+    retry_after_s: int = Field(1, ge=1)
+
+    # Input limits.
+    max_text_chars: int = Field(5000, ge=1)
+    bulk_max_items: int = Field(256, ge=1)
+    max_body_bytes: int = Field(1_048_576, ge=1024)
+
+    # Cache: SURGE_CACHE=off disables both tiers (for experiments).
+    cache: Literal["on", "off"] = "on"
+    cache_url: str | None = None
+    cache_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+    lru_size: int = Field(50_000, ge=0)
+    cache_timeout_s: float = Field(0.25, gt=0)
+    cache_backoff_max_s: float = Field(5.0, gt=0)
+
+    # Jobs Redis (Celery broker and job store), used by the batch path.
+    redis_url: str | None = None
+
+    # Shutdown: after SIGTERM, wait drain_delay_s with readiness at 503 (so the router stops
+    # sending), then let in-flight requests finish for up to shutdown_grace_s.
+    drain_delay_s: float = Field(0.0, ge=0)
+    shutdown_grace_s: float = Field(30.0, ge=0)
+
+    # Knative runtime contract (no prefix).
+    k_service: str = Field("", validation_alias="K_SERVICE")
+    k_revision: str = Field("", validation_alias="K_REVISION")
+    k_configuration: str = Field("", validation_alias="K_CONFIGURATION")
+    k_sink: str | None = Field(None, validation_alias="K_SINK")
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache_switch(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            lowered = value.strip().lower()
+            if lowered in {"0", "false", "no", "off", "disabled"}:
+                return "off"
+            if lowered in {"1", "true", "yes", "on", "enabled"}:
+                return "on"
+        return value
+
+    @property
+    def cache_enabled(self) -> bool:
+        """Whether predictions are looked up in and written to the cache."""
+        return self.cache == "on"
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict safe to log: passwords in URLs are replaced by ***."""
+        out = self.model_dump()
+        for key in ("cache_url", "redis_url", "k_sink"):
+            if out.get(key):
+                out[key] = mask_url(out[key])
+        out["model_dir"] = str(out["model_dir"]) if out["model_dir"] else None
+        return out
+
+    def warn_shared_redis(self) -> None:
+        """One server for both Redis roles is allowed for a quick start, with a warning."""
+        if self.cache_url and self.redis_url and self.cache_url == self.redis_url:
+            log.warning(
+                "SURGE_CACHE_URL and SURGE_REDIS_URL name the same server: the cache wants "
+                "allkeys-lru eviction, the job store must never evict. "
+                "Use two servers in production."
+            )
+
+
+def mask_url(url: str) -> str:
+    """Hide the password (and a lone token user) of a URL."""
+    parts = urlsplit(url)
+    if parts.password is None and not parts.username:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    user = parts.username or ""
+    auth = f"{user}:***@" if parts.password is not None else "***@"
+    return urlunsplit((parts.scheme, auth + host, parts.path, parts.query, parts.fragment))
+
+
+def default_model_home() -> Path:
+    """Where built models are cached: outside the repo, shared by every checkout."""
+    env = os.environ.get("SURGE_MODEL_HOME")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "surgeserve" / "models"

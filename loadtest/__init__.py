@@ -1,0 +1,1 @@
+"""Load generation and benchmarks; talks to the service over HTTP."""

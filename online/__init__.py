@@ -1,0 +1,1 @@
+"""Online predictor: app factory, routes, micro-batcher, cached prediction service."""

@@ -1,0 +1,89 @@
+"""create_app(settings): the one place the app, its middleware, handlers and routes are built."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from common.bundle import ModelBundle
+from common.errors import SurgeError
+from common.metrics import Metrics
+from common.settings import Settings
+from online.middleware import BodyLimitMiddleware, ObservabilityMiddleware
+from online.routes import router
+from online.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
+               metrics: Metrics | None = None) -> FastAPI:
+    """Build the predictor app. With `bundle` the model is used as given (tests, benchmarks);
+    without, it is loaded in the background at startup while /readyz answers 503."""
+    rt = Runtime(settings=settings, metrics=metrics or Metrics())
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await rt.start(bundle)
+        yield
+        await rt.stop()
+
+    app = FastAPI(title="surgeserve", version="0.1.0", lifespan=lifespan,
+                  description="Cached, micro-batched text classification.")
+    app.state.runtime = rt
+    app.include_router(router)
+    _install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ObservabilityMiddleware, metrics=rt.metrics,
+                       log_requests=settings.access_log)
+    return app
+
+
+def _error_response(error: SurgeError) -> JSONResponse:
+    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
+    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    async def on_surge_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, SurgeError)
+        if exc.status >= 500:
+            log.warning("%s: %s", exc.code, exc.message, exc_info=exc.__cause__)
+        return _error_response(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        detail = [_clean(err) for err in exc.errors()]
+        json_broken = any(err.get("type") == "json_invalid" for err in exc.errors())
+        message = "body is not valid JSON" if json_broken else "request does not match the schema"
+        return JSONResponse({"error": {"code": "invalid_input", "message": message,
+                                       "detail": detail}}, status_code=422)
+
+    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        codes = {404: "not_found", 405: "method_not_allowed"}
+        code = codes.get(exc.status_code, "http_error")
+        return JSONResponse({"error": {"code": code, "message": str(exc.detail), "detail": None}},
+                            status_code=exc.status_code, headers=exc.headers)
+
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        return JSONResponse({"error": {"code": "internal", "message": "internal error",
+                                       "detail": None}}, status_code=500)
+
+    app.add_exception_handler(SurgeError, on_surge_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+
+def _clean(err: Any) -> dict[str, Any]:
+    """A validation error without the offending input (it may be huge or sensitive)."""
+    return {"loc": list(err.get("loc", ())), "msg": err.get("msg"), "type": err.get("type")}

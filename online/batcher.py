@@ -1,0 +1,157 @@
+"""The micro-batcher: one bounded queue, one collate loop, one model worker thread.
+
+When the worker frees up it takes everything queued (up to max_batch_size) at once, so batches
+grow with load by themselves and a lone request at low load waits for nothing but its forward pass.
+`max_wait_ms` > 0 optionally holds a non-full batch open that long for company.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from common.errors import DeadlineExceeded, ModelError, Overloaded
+from common.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass
+class _Item(Generic[T, R]):
+    payload: T
+    future: asyncio.Future[R]
+    enqueued: float
+    deadline: float
+
+
+class MicroBatcher(Generic[T, R]):
+    """Merge concurrent single-item requests into batches for `run_batch` (called off-loop)."""
+
+    def __init__(
+        self,
+        run_batch: Callable[[list[T]], Sequence[R]],
+        *,
+        max_batch_size: int,
+        max_queue: int,
+        max_wait_ms: float = 0.0,
+        retry_after_s: int = 1,
+        metrics: Metrics | None = None,
+    ):
+        self._run_batch = run_batch
+        self.max_batch_size = max_batch_size
+        self.max_wait_s = max_wait_ms / 1000.0
+        self._retry_after_s = retry_after_s
+        self._metrics = metrics or Metrics()
+        self._queue: asyncio.Queue[_Item[T, R]] = asyncio.Queue(maxsize=max_queue)
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._loop_task: asyncio.Task[None] | None = None
+        self._busy = False
+
+    @property
+    def depth(self) -> int:
+        """Items waiting now."""
+        return self._queue.qsize()
+
+    def start(self) -> None:
+        """Start the collate loop on the running event loop."""
+        if self._loop_task is None:
+            self._loop_task = asyncio.get_running_loop().create_task(self._collate_loop())
+
+    def submit(self, payload: T, deadline: float) -> asyncio.Future[R]:
+        """Queue one item; its future resolves to the result. Raises Overloaded when full."""
+        loop = asyncio.get_running_loop()
+        item = _Item(payload, loop.create_future(), time.monotonic(), deadline)
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self._metrics.rejected.labels("overloaded").inc()
+            raise Overloaded("the prediction queue is full; retry shortly",
+                             {"queue_size": self._queue.maxsize},
+                             retry_after=self._retry_after_s) from None
+        self._metrics.queue_depth.set(self._queue.qsize())
+        return item.future
+
+    async def _collate_loop(self) -> None:
+        while True:
+            batch = await self._collect()
+            live = self._drop_expired(batch)
+            if live:
+                self._busy = True
+                try:
+                    await self._run(live)
+                finally:
+                    self._busy = False
+
+    async def _collect(self) -> list[_Item[T, R]]:
+        batch = [await self._queue.get()]
+        self._drain_into(batch)
+        if self.max_wait_s and len(batch) < self.max_batch_size:
+            until = time.monotonic() + self.max_wait_s
+            while len(batch) < self.max_batch_size and (left := until - time.monotonic()) > 0:
+                try:
+                    batch.append(await asyncio.wait_for(self._queue.get(), left))
+                except TimeoutError:
+                    break
+                self._drain_into(batch)
+        self._metrics.queue_depth.set(self._queue.qsize())
+        return batch
+
+    def _drain_into(self, batch: list[_Item[T, R]]) -> None:
+        while len(batch) < self.max_batch_size:
+            try:
+                batch.append(self._queue.get_nowait())
+            except asyncio.QueueEmpty:
+                return
+
+    def _drop_expired(self, batch: list[_Item[T, R]]) -> list[_Item[T, R]]:
+        now = time.monotonic()
+        live = []
+        for item in batch:
+            if item.future.done():  # every waiter gave up (cancelled)
+                continue
+            if now >= item.deadline:
+                self._metrics.rejected.labels("expired").inc()
+                item.future.set_exception(
+                    DeadlineExceeded("the request waited past its deadline in the queue"))
+                continue
+            self._metrics.queue_wait.observe(now - item.enqueued)
+            live.append(item)
+        return live
+
+    async def _run(self, batch: list[_Item[T, R]]) -> None:
+        # run_batch sorts by token length itself (it has the tokenizer); order here is arrival.
+        self._metrics.batch_size.observe(len(batch))
+        loop = asyncio.get_running_loop()
+        try:
+            results = await loop.run_in_executor(
+                self._executor, self._run_batch, [item.payload for item in batch])
+        except Exception as exc:
+            log.exception("model batch of %d failed", len(batch))
+            error = ModelError("the model failed on this batch")
+            error.__cause__ = exc
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        for item, result in zip(batch, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
+
+    async def stop(self) -> None:
+        """Finish what is queued, then stop the loop and the worker thread."""
+        while not self._queue.empty() or self._busy:
+            await asyncio.sleep(0.01)
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._loop_task
+        self._executor.shutdown(wait=True)

@@ -1,0 +1,103 @@
+"""The `surgeserve` command: serve, up, model build|info|bench."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _cmd_model_build(args: argparse.Namespace) -> int:
+    from common.training import TrainConfig, build, default_model_dir
+
+    config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, limit=args.limit)
+    target = Path(args.output) if args.output else default_model_dir(config)
+    if (target / "surgeserve.json").is_file() and not args.force:
+        print(f"model already built: {target}  (--force rebuilds)", file=sys.stderr)
+        print(target)
+        return 0
+    print(f"building {target} (2 cores: about 5 minutes, once)", file=sys.stderr)
+    path = build(config, target, progress=not args.no_progress)
+    manifest = json.loads((path / "surgeserve.json").read_text())
+    print(f"held-out accuracy {manifest['metrics']['heldout_accuracy']:.4f}, "
+          f"built in {manifest['build_seconds']} s", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _cmd_model_info(args: argparse.Namespace) -> int:
+    from common.bundle import load_bundle
+    from common.training import default_model_dir
+
+    path = Path(args.path) if args.path else default_model_dir()
+    bundle = load_bundle(path, warmup=False)
+    print(json.dumps(bundle.info() | {"manifest": bundle.manifest}, indent=2))
+    return 0
+
+
+def _cmd_model_bench(args: argparse.Namespace) -> int:
+    from online.rawbench import main as rawbench
+
+    return rawbench(args)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from online.server import serve
+
+    return serve()
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from online.stack import up
+
+    return up(api_port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (public for tests and docs)."""
+    parser = argparse.ArgumentParser(prog="surgeserve", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="run the online API (settings from SURGE_* env)")
+    serve.set_defaults(func=_cmd_serve)
+
+    up = sub.add_parser("up", help="local stack: cache Redis, jobs Redis, API; Ctrl-C stops")
+    up.add_argument("--port", type=int, default=None, help="API port (default $PORT or 8080)")
+    up.set_defaults(func=_cmd_up)
+
+    model = sub.add_parser("model", help="build, inspect or benchmark a model bundle")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    build = msub.add_parser("build", help="fine-tune the default model (cached; seeded)")
+    build.add_argument("--output", help="directory (default: the cache dir keyed by settings)")
+    build.add_argument("--epochs", type=int, default=2)
+    build.add_argument("--lr", type=float, default=8e-5)
+    build.add_argument("--seed", type=int, default=13)
+    build.add_argument("--limit", type=int, default=None, help="train on N examples only")
+    build.add_argument("--force", action="store_true")
+    build.add_argument("--no-progress", action="store_true")
+    build.set_defaults(func=_cmd_model_build)
+
+    info = msub.add_parser("info", help="print a bundle's identity and manifest")
+    info.add_argument("path", nargs="?", help="model directory (default: the default bundle)")
+    info.set_defaults(func=_cmd_model_info)
+
+    bench = msub.add_parser("bench", help="raw in-process batched throughput (JSON)")
+    bench.add_argument("--texts", type=int, default=2000)
+    bench.add_argument("--batch-size", type=int, default=32)
+    bench.add_argument("--path", default=None)
+    bench.set_defaults(func=_cmd_model_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,109 @@
+"""HTTP routes. Thin: parse → call the transport-free service → encode."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from common.errors import UnsupportedMediaType
+from common.schemas import (
+    BulkPredictRequest,
+    BulkPredictResponse,
+    ErrorResponse,
+    ModelList,
+    PredictRequest,
+    PredictResponse,
+    Readiness,
+)
+from online.runtime import Runtime
+from online.service import Prediction
+
+
+def runtime(request: Request) -> Runtime:
+    """The app's runtime (dependency)."""
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+def require_json(request: Request) -> None:
+    """415 unless the body is declared JSON."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json" and not ctype.endswith("+json"):
+        raise UnsupportedMediaType("send the body as application/json",
+                                   {"content_type": ctype or None})
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+def _item(p: Prediction) -> dict[str, Any]:
+    return {"label": p.label, "score": p.score,
+            "scores": [{"label": label, "score": score} for label, score in p.scores],
+            "cached": p.cached}
+
+
+RuntimeDep = Annotated[Runtime, Depends(runtime)]
+router = APIRouter()
+
+
+@router.post("/v1/predict", response_model=PredictResponse, tags=["predict"],
+             dependencies=[Depends(require_json)],
+             responses=_errors(413, 415, 422, 503, 504))
+async def predict(body: PredictRequest, rt: RuntimeDep) -> Response:
+    """Classify one text: top label, every label's score ranked, and whether it was cached."""
+    service = rt.require_service()
+    result = await service.predict(body.text)
+    return JSONResponse(_item(result) | {"model": service.bundle.name,
+                                         "version": service.bundle.version})
+
+
+@router.post("/v1/bulk-predict", response_model=BulkPredictResponse, tags=["predict"],
+             dependencies=[Depends(require_json)],
+             responses=_errors(413, 415, 422, 503, 504))
+async def bulk_predict(body: BulkPredictRequest, rt: RuntimeDep) -> Response:
+    """Classify 1..bulk_max_items texts; order kept, duplicates computed once."""
+    service = rt.require_service()
+    results = await service.predict_many(body.texts)
+    return JSONResponse({"model": service.bundle.name, "version": service.bundle.version,
+                         "results": [_item(r) for r in results]})
+
+
+@router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_errors(503))
+async def models(rt: RuntimeDep) -> dict[str, Any]:
+    """The loaded model(s) and their identity."""
+    bundle = rt.require_service().bundle
+    return {"models": [bundle.info() | {"default": True}]}
+
+
+@router.get("/healthz", tags=["health"])
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Readiness, tags=["health"],
+            responses={503: {"model": Readiness}})
+async def readyz(rt: RuntimeDep) -> Response:
+    """Readiness: 200 once the model is loaded and warmed; 503 before and while draining."""
+    if rt.draining:
+        status = "draining"
+    elif rt.service is None:
+        status = "failed" if rt.load_error else "loading"
+    else:
+        status = "ready"
+    body: dict[str, Any] = {"status": status, "cache": await rt.cache_state()}
+    if rt.bundle is not None:
+        body |= {"model": rt.bundle.name, "version": rt.bundle.version}
+    return JSONResponse(body, status_code=200 if status == "ready" else 503)
+
+
+@router.get("/metrics", tags=["health"], include_in_schema=False)
+async def metrics(rt: RuntimeDep) -> Response:
+    """Prometheus text exposition."""
+    if rt.service is not None:
+        rt.metrics.queue_depth.set(rt.service.batcher.depth)
+    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)

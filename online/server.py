@@ -1,0 +1,61 @@
+"""`surgeserve serve`: uvicorn with the Knative runtime contract (PORT, SIGTERM drain)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from types import FrameType
+
+import uvicorn
+
+from common.logs import setup_logging
+from common.settings import Settings
+from online.app import create_app
+from online.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT: readiness turns 503 at once; after drain_delay_s uvicorn stops
+    accepting and lets in-flight requests finish (up to shutdown_grace_s)."""
+
+    def __init__(self, config: uvicorn.Config, runtime: Runtime):
+        super().__init__(config)
+        self.runtime = runtime
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        first = not self.runtime.draining
+        self.runtime.begin_drain()
+        delay = self.runtime.settings.drain_delay_s
+        if first and delay > 0:
+            log.info("signal %d: draining for %.1f s before closing", sig, delay)
+            asyncio.get_running_loop().call_later(delay, self._exit, sig, frame)
+            return
+        self._exit(sig, frame)
+
+    def _exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        # uvicorn re-raises captured signals after shutdown, so the process would die "by
+        # SIGTERM". A drained shutdown is a clean one: exit 0 (the Knative contract).
+        captured = getattr(self, "_captured_signals", None)
+        if isinstance(captured, list) and sig in (signal.SIGTERM, signal.SIGINT):
+            captured[:] = [s for s in captured if s != sig]
+
+
+def serve(settings: Settings | None = None) -> int:
+    """Run the API until a signal; exit 0 after a clean drain."""
+    settings = settings or Settings()
+    setup_logging(settings.log_level, json_lines=settings.log_json, static={
+        "k_service": settings.k_service, "k_revision": settings.k_revision})
+    log.info("starting", extra={"settings": settings.masked()})
+    settings.warn_shared_redis()
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
+        lifespan="on", server_header=False)
+    server = DrainingServer(config, app.state.runtime)
+    server.run()
+    return 0

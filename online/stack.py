@@ -1,0 +1,77 @@
+"""`surgeserve up`: the whole stack on one machine. Ctrl-C (or SIGTERM) stops all it started."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from common.redis_server import RedisServer, free_port
+from common.training import ensure_default_model
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return True
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    return False
+
+
+def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
+    """Start cache Redis, jobs Redis (AOF) and the API; block until interrupted."""
+    model_dir = ensure_default_model()
+    port = api_port or int(os.environ.get("PORT", "8080"))
+    cache = RedisServer("cache", run_dir / "redis-cache", port=free_port()).start()
+    jobs = RedisServer("jobs", run_dir / "redis-jobs", port=free_port()).start()
+    env = os.environ | {
+        "PORT": str(port), "SURGE_CACHE_URL": cache.url, "SURGE_REDIS_URL": jobs.url,
+        "SURGE_MODEL_DIR": str(model_dir), "SURGE_LOG_JSON": os.environ.get("SURGE_LOG_JSON",
+                                                                           "false")}
+    api = subprocess.Popen([sys.executable, "-m", "online.cli", "serve"], env=env)
+    stopping = False
+
+    def stop(*_: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        if _wait_ready(base, api):
+            print(f"""
+surgeserve is up
+  API          {base}          (POST /v1/predict, /v1/bulk-predict)
+  docs         {base}/docs
+  metrics      {base}/metrics
+  readiness    {base}/readyz
+  cache Redis  {cache.url}   (allkeys-lru, no persistence)
+  jobs Redis   {jobs.url}   (noeviction, AOF in {jobs.data_dir})
+  try:  curl -s {base}/v1/predict -H 'content-type: application/json' \\
+          -d '{{"text": "a warm, funny and moving film"}}'
+Ctrl-C stops everything.
+""", flush=True)
+        while api.poll() is None and not stopping:
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if api.poll() is None:
+            api.send_signal(signal.SIGTERM)
+            try:
+                api.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                api.kill()
+        jobs.stop()
+        cache.stop()
+        print("stopped: API, cache Redis, jobs Redis", flush=True)
+    return 0 if api.returncode in (0, -signal.SIGTERM, None) else int(api.returncode)

@@ -1,0 +1,135 @@
+"""The micro-batcher with a small fake model: order, merging, backpressure, deadlines, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from common.errors import DeadlineExceeded, ModelError, Overloaded
+from common.metrics import Metrics
+from online.batcher import MicroBatcher
+
+
+class FakeModel:
+    """Upper-cases texts; can be held busy to let a queue build up; records each batch."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.entered = threading.Event()
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        self.entered.set()
+        self.gate.wait(timeout=10)
+        self.batches.append(list(texts))
+        return [t.upper() for t in texts]
+
+
+def far() -> float:
+    return time.monotonic() + 30
+
+
+async def test_results_go_back_to_their_own_callers() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, max_batch_size=8, max_queue=100)
+    batcher.start()
+    texts = [f"text {i}" for i in range(50)]
+    results = await asyncio.gather(*(batcher.submit(t, far()) for t in texts))
+    assert results == [t.upper() for t in texts]
+    assert all(len(b) <= 8 for b in model.batches)
+    await batcher.stop()
+
+
+async def test_lone_request_runs_alone_without_waiting() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, max_batch_size=32, max_queue=10, max_wait_ms=0)
+    batcher.start()
+    started = time.perf_counter()
+    assert await batcher.submit("only", far()) == "ONLY"
+    assert time.perf_counter() - started < 0.2
+    assert model.batches == [["only"]]
+    await batcher.stop()
+
+
+async def test_queue_builds_into_one_batch_while_model_is_busy() -> None:
+    model = FakeModel()
+    model.gate.clear()
+    metrics = Metrics()
+    batcher = MicroBatcher(model, max_batch_size=16, max_queue=100, metrics=metrics)
+    batcher.start()
+    first = batcher.submit("first", far())
+    await asyncio.to_thread(model.entered.wait, 5)  # the worker is now busy with "first"
+    rest = [batcher.submit(f"t{i}", far()) for i in range(10)]
+    model.gate.set()
+    await asyncio.gather(first, *rest)
+    assert [len(b) for b in model.batches] == [1, 10]
+    assert metrics.registry.get_sample_value("surge_batch_size_sum") == 11
+    await batcher.stop()
+
+
+async def test_full_queue_is_refused_with_retry_after() -> None:
+    model = FakeModel()
+    model.gate.clear()
+    metrics = Metrics()
+    batcher = MicroBatcher(model, max_batch_size=4, max_queue=3, retry_after_s=2, metrics=metrics)
+    batcher.start()
+    busy = batcher.submit("busy", far())
+    await asyncio.to_thread(model.entered.wait, 5)
+    queued = [batcher.submit(f"q{i}", far()) for i in range(3)]
+    with pytest.raises(Overloaded) as refused:
+        batcher.submit("one too many", far())
+    assert refused.value.retry_after == 2
+    assert metrics.registry.get_sample_value(
+        "surge_rejected_total", {"reason": "overloaded"}) == 1
+    model.gate.set()
+    assert await asyncio.gather(busy, *queued) == ["BUSY", "Q0", "Q1", "Q2"]
+    await batcher.stop()
+
+
+async def test_item_past_its_deadline_gets_504_and_never_reaches_the_model() -> None:
+    model = FakeModel()
+    model.gate.clear()
+    batcher = MicroBatcher(model, max_batch_size=4, max_queue=10)
+    batcher.start()
+    busy = batcher.submit("busy", far())
+    await asyncio.to_thread(model.entered.wait, 5)
+    late = batcher.submit("late", time.monotonic() + 0.05)
+    await asyncio.sleep(0.1)
+    model.gate.set()
+    with pytest.raises(DeadlineExceeded):
+        await late
+    assert await busy == "BUSY"
+    assert ["late"] not in model.batches and all("late" not in b for b in model.batches)
+    await batcher.stop()
+
+
+async def test_model_failure_fails_that_batch_only() -> None:
+    calls = 0
+
+    def flaky(texts: list[str]) -> list[str]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("CUDA? no: just a bad batch")
+        return texts
+
+    batcher = MicroBatcher(flaky, max_batch_size=4, max_queue=10)
+    batcher.start()
+    with pytest.raises(ModelError) as failed:
+        await batcher.submit("a", far())
+    assert "bad batch" not in failed.value.message  # the cause is logged, not shown
+    assert await batcher.submit("b", far()) == "b"
+    await batcher.stop()
+
+
+async def test_stop_finishes_queued_items() -> None:
+    model = FakeModel()
+    batcher = MicroBatcher(model, max_batch_size=2, max_queue=100)
+    batcher.start()
+    futures = [batcher.submit(f"x{i}", far()) for i in range(9)]
+    await batcher.stop()
+    assert [f.result() for f in futures] == [f"X{i}" for i in range(9)]
