@@ -60,6 +60,7 @@ class RedisServer:
 
     def start(self, timeout_s: float = 10.0) -> RedisServer:
         """Start and wait until it answers PING."""
+        self.data_dir = self.data_dir.resolve()  # redis chdirs into --dir before opening files
         self.data_dir.mkdir(parents=True, exist_ok=True)
         args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir), "--protected-mode", "yes",
@@ -73,7 +74,8 @@ class RedisServer:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                log = (self.data_dir / "redis.log").read_text(errors="replace")[-2000:]
+                logfile = self.data_dir / "redis.log"
+                log = logfile.read_text(errors="replace")[-2000:] if logfile.exists() else ""
                 raise RuntimeError(f"redis-server ({self.role}) exited: {log}")
             if self.ping():
                 return

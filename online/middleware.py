@@ -15,6 +15,8 @@ from common.logs import request_id
 from common.metrics import Metrics
 
 access_log = logging.getLogger("surgeserve.access")
+# Probes and scrapes arrive every few seconds from Knative and Prometheus: metrics, no log line.
+_QUIET_ROUTES = frozenset({"/healthz", "/readyz", "/metrics"})
 
 
 class ObservabilityMiddleware:
@@ -52,7 +54,7 @@ class ObservabilityMiddleware:
             method = scope["method"]
             self.metrics.requests.labels(route, method, str(status)).inc()
             self.metrics.request_seconds.labels(route, method).observe(elapsed)
-            if self.log_requests:
+            if self.log_requests and route not in _QUIET_ROUTES:
                 access_log.info("%s %s %d", method, scope["path"], status, extra={
                     "route": route, "status": status, "ms": round(elapsed * 1000, 2)})
             request_id.reset(token)
