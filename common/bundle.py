@@ -1,4 +1,10 @@
-"""Load any Hugging Face sequence-classification directory and run batched predictions."""
+"""Load any Hugging Face sequence-classification directory and run batched predictions.
+
+Two backends compute the same logits:
+- `HFBackend`: transformers' AutoModel + AutoTokenizer (works for any directory; slow to start).
+- `TracedBackend` (common/compiled.py): a verified TorchScript trace + the Rust tokenizer,
+  used when `surgeserve model compile` has been run for this model version (fast cold start).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from common.errors import ModelNotFound
 
@@ -22,9 +28,24 @@ WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 Ranked = list[tuple[str, float]]
 
 
+class Backend(Protocol):
+    """Token ids in, logits out."""
+
+    pad_id: int
+    kind: str
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids with special tokens, truncated to the bundle's max_tokens."""
+        ...
+
+    def logits(self, input_ids: Any, attention_mask: Any) -> Any:
+        """Float logits [batch, labels] for a padded batch."""
+        ...
+
+
 @dataclass
 class ModelBundle:
-    """A loaded model with its tokenizer, labels and identity (name, version)."""
+    """A loaded model with its labels and identity (name, version)."""
 
     name: str
     version: str
@@ -33,44 +54,31 @@ class ModelBundle:
     max_tokens: int
     path: Path
     manifest: dict[str, Any]
-    model: Any = field(repr=False)
-    tokenizer: Any = field(repr=False)
+    backend: Backend = field(repr=False)
     load_seconds: float = 0.0
 
-    def predict(self, texts: list[str], max_forward_batch: int = 64) -> list[Ranked]:
-        """Ranked label scores for each text, in input order; sorted by length inside."""
+    def predict(self, texts: list[str], max_forward_batch: int = 64,
+                max_forward_tokens: int = 1024) -> list[Ranked]:
+        """Ranked label scores for each text, in input order.
+
+        Texts are sorted by token length and cut into forward passes of at most
+        `max_forward_tokens` padded tokens: on CPU, one big padded batch wastes more on
+        padding than it saves in per-call overhead (measured: README, Benchmarks).
+        """
         import torch
 
         if not texts:
             return []
-        encoded = self.tokenizer(
-            texts, truncation=True, max_length=self.max_tokens, add_special_tokens=True
-        )
-        ids: list[list[int]] = encoded["input_ids"]
+        ids = self.backend.encode(texts)
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out: list[Ranked] = [[] for _ in texts]
         with torch.inference_mode():
-            for start in range(0, len(order), max_forward_batch):
-                chunk = order[start : start + max_forward_batch]
-                probs = torch.softmax(self._forward([ids[i] for i in chunk]), dim=-1)
+            for chunk in _chunks(order, ids, max_forward_batch, max_forward_tokens):
+                input_ids, mask = pad_batch([ids[i] for i in chunk], self.backend.pad_id)
+                probs = torch.softmax(self.backend.logits(input_ids, mask).float(), dim=-1)
                 for row, i in zip(probs.tolist(), chunk, strict=True):
                     out[i] = _rank(self.labels, row)
         return out
-
-    def _forward(self, batch_ids: list[list[int]]) -> Any:
-        import torch
-
-        width = max(len(x) for x in batch_ids)
-        pad = self.tokenizer.pad_token_id or 0
-        input_ids = torch.full((len(batch_ids), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
-        for row, seq in enumerate(batch_ids):
-            input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
-            mask[row, : len(seq)] = 1
-        inputs = {"input_ids": input_ids, "attention_mask": mask}
-        if "token_type_ids" in self.tokenizer.model_input_names:
-            inputs["token_type_ids"] = torch.zeros_like(input_ids)
-        return self.model(**inputs).logits.float()
 
     def info(self) -> dict[str, Any]:
         """What /v1/models and `surgeserve model info` show."""
@@ -81,9 +89,67 @@ class ModelBundle:
             "path": str(self.path),
             "max_tokens": self.max_tokens,
             "lowercase": self.lowercase,
+            "backend": self.backend.kind,
             "metrics": self.manifest.get("metrics", {}),
             "load_seconds": round(self.load_seconds, 3),
         }
+
+
+class HFBackend:
+    """transformers' model and tokenizer: any sequence-classification directory."""
+
+    kind = "transformers"
+
+    def __init__(self, model: Any, tokenizer: Any, max_tokens: int):
+        self.model = model
+        self.tokenizer = tokenizer
+        self.max_tokens = max_tokens
+        self.pad_id = int(tokenizer.pad_token_id or 0)
+        self.uses_token_types = "token_type_ids" in tokenizer.model_input_names
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        """Token ids via the HF tokenizer."""
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_tokens,
+                                 add_special_tokens=True)
+        return list(encoded["input_ids"])
+
+    def logits(self, input_ids: Any, attention_mask: Any) -> Any:
+        """One forward pass."""
+        import torch
+
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if self.uses_token_types:
+            inputs["token_type_ids"] = torch.zeros_like(input_ids)
+        return self.model(**inputs).logits
+
+
+def pad_batch(batch_ids: list[list[int]], pad_id: int) -> tuple[Any, Any]:
+    """Right-padded input ids and attention mask tensors."""
+    import torch
+
+    width = max(len(x) for x in batch_ids)
+    input_ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    for row, seq in enumerate(batch_ids):
+        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return input_ids, mask
+
+
+def _chunks(order: list[int], ids: list[list[int]], max_items: int,
+            max_tokens: int) -> list[list[int]]:
+    """Split length-sorted indices into runs whose padded size stays within the budget."""
+    chunks: list[list[int]] = []
+    current: list[int] = []
+    for i in order:
+        # Sorted ascending, so the newest item is the longest: it sets the padded width.
+        if current and (len(current) >= max_items or (len(current) + 1) * len(ids[i]) > max_tokens):
+            chunks.append(current)
+            current = []
+        current.append(i)
+    if current:
+        chunks.append(current)
+    return chunks
 
 
 def _rank(labels: list[str], probs: list[float]) -> Ranked:
@@ -130,10 +196,12 @@ def load_bundle(
     max_tokens: int = 128,
     threads: int | None = None,
     warmup: bool = True,
+    compiled: bool = True,
 ) -> ModelBundle:
-    """Load a local Hugging Face sequence-classification directory (no hub access)."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    """Load a local Hugging Face sequence-classification directory (no hub access).
+
+    With `compiled` and a verified compiled artifact for this exact version, load that instead
+    (no transformers import: the fast cold start)."""
     started = time.perf_counter()
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -142,32 +210,51 @@ def load_bundle(
             {"hint": "run `surgeserve model build`, or set SURGE_MODEL_DIR"},
         )
     import torch
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     if threads:
         torch.set_num_threads(threads)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
     manifest = read_manifest(path)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForSequenceClassification.from_pretrained(path)
-    model.eval()
-    model_max = int(getattr(tokenizer, "model_max_length", max_tokens) or max_tokens)
-    bundle = ModelBundle(
-        name=name or manifest.get("name") or path.name,
-        version=manifest.get("version") or weights_hash(path),
-        labels=_labels(model.config),
-        lowercase=_is_uncased(tokenizer),
-        max_tokens=min(max_tokens, model_max),
-        path=path,
-        manifest=manifest,
-        model=model,
-        tokenizer=tokenizer,
-    )
+    version = str(manifest.get("version") or weights_hash(path))
+    bundle = None
+    if compiled:
+        from common.compiled import load_compiled
+
+        bundle = load_compiled(path, version, manifest, max_tokens=max_tokens)
+    if bundle is None:
+        bundle = load_eager(path, version, manifest, max_tokens=max_tokens)
+    if name:
+        bundle.name = name
     if warmup:
         bundle.predict(["warm up the model", "x " * bundle.max_tokens])
     bundle.load_seconds = time.perf_counter() - started
     log.info("model loaded", extra={"model": bundle.name, "version": bundle.version,
+                                    "backend": bundle.backend.kind,
                                     "seconds": round(bundle.load_seconds, 3)})
     return bundle
+
+
+def load_eager(path: Path, version: str, manifest: dict[str, Any], *,
+               max_tokens: int) -> ModelBundle:
+    """The transformers path: any sequence-classification directory."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path)
+    model.eval()
+    model_max = int(getattr(tokenizer, "model_max_length", max_tokens) or max_tokens)
+    limit = min(max_tokens, model_max)
+    return ModelBundle(
+        name=manifest.get("name") or path.name,
+        version=version,
+        labels=_labels(model.config),
+        lowercase=_is_uncased(tokenizer),
+        max_tokens=limit,
+        path=path,
+        manifest=manifest,
+        backend=HFBackend(model, tokenizer, limit),
+    )

@@ -30,10 +30,17 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     model_name: str | None = None
     max_tokens: int = Field(128, ge=8, le=4096)
+    # Model worker threads, each running whole batches; torch intra-op threads per process.
+    # Defaults: one worker per usable CPU, CPUs / workers torch threads (measured best on CPU).
+    model_workers: int | None = Field(None, ge=1, le=64)
     torch_threads: int | None = Field(None, ge=1)
+    # Use the verified TorchScript artifact when one exists for this model version.
+    compiled: bool = True
 
     # Micro-batching.
     max_batch_size: int = Field(32, ge=1, le=1024)
+    # Padded tokens per forward pass: a batch is length-sorted and cut into passes this big.
+    max_forward_tokens: int = Field(512, ge=16)
     max_wait_ms: float = Field(0.0, ge=0, le=1000)
     max_queue: int = Field(1024, ge=1)
     request_timeout_s: float = Field(10.0, gt=0)
@@ -78,6 +85,16 @@ class Settings(BaseSettings):
         return value
 
     @property
+    def workers(self) -> int:
+        """Model worker threads in effect."""
+        return self.model_workers or usable_cpus()
+
+    @property
+    def threads(self) -> int:
+        """Torch intra-op threads in effect."""
+        return self.torch_threads or max(1, usable_cpus() // self.workers)
+
+    @property
     def cache_enabled(self) -> bool:
         """Whether predictions are looked up in and written to the cache."""
         return self.cache == "on"
@@ -99,6 +116,14 @@ class Settings(BaseSettings):
                 "allkeys-lru eviction, the job store must never evict. "
                 "Use two servers in production."
             )
+
+
+def usable_cpus() -> int:
+    """CPUs this process may run on (affinity, not the host's count)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        return os.cpu_count() or 1
 
 
 def mask_url(url: str) -> str:

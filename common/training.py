@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.bundle import MANIFEST, weights_hash
+from common.bundle import MANIFEST, pad_batch, weights_hash
 from common.corpus import LABELS, Example, load_examples, package_dir, split
 from common.settings import default_model_home
 
@@ -65,11 +65,26 @@ def heldout_examples(config: TrainConfig | None = None) -> list[Example]:
 
 
 def ensure_default_model(config: TrainConfig | None = None, *, progress: bool = True) -> Path:
-    """Return the default bundle's directory, building it first if it is missing."""
+    """Return the default bundle's directory, building (and compiling) it first if missing."""
     target = default_model_dir(config)
-    if (target / MANIFEST).is_file():
-        return target
-    return build(config or TrainConfig(), target, progress=progress)
+    if not (target / MANIFEST).is_file():
+        build(config or TrainConfig(), target, progress=progress)
+    ensure_compiled(target)
+    return target
+
+
+def ensure_compiled(path: Path) -> Path | None:
+    """Compile the fast-start artifact for `path` unless it exists; None if it cannot be."""
+    from common.compiled import META, compile_model, compiled_dir
+
+    version = json.loads((path / MANIFEST).read_text())["version"]
+    if (compiled_dir(version) / META).is_file():
+        return compiled_dir(version)
+    try:
+        return compile_model(path)
+    except ValueError as exc:  # verification failed: serving uses the eager path
+        log.warning("not compiled: %s", exc)
+        return None
 
 
 def build(config: TrainConfig, target: Path, *, progress: bool = True) -> Path:
@@ -132,14 +147,7 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
 
 
 def _collate(ids: list[list[int]], pad: int) -> dict[str, Any]:
-    import torch
-
-    width = max(len(x) for x in ids)
-    input_ids = torch.full((len(ids), width), pad, dtype=torch.long)
-    mask = torch.zeros((len(ids), width), dtype=torch.long)
-    for row, seq in enumerate(ids):
-        input_ids[row, : len(seq)] = torch.tensor(seq)
-        mask[row, : len(seq)] = 1
+    input_ids, mask = pad_batch(ids, pad)
     return {"input_ids": input_ids, "attention_mask": mask}
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,14 +25,16 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
+               bundle_future: Future[ModelBundle] | None = None,
                metrics: Metrics | None = None) -> FastAPI:
     """Build the predictor app. With `bundle` the model is used as given (tests, benchmarks);
-    without, it is loaded in the background at startup while /readyz answers 503."""
+    without, it is loaded in the background (or awaited from `bundle_future`) while /readyz
+    answers 503."""
     rt = Runtime(settings=settings, metrics=metrics or Metrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await rt.start(bundle)
+        await rt.start(bundle, bundle_future)
         yield
         await rt.stop()
 

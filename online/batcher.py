@@ -1,8 +1,12 @@
-"""The micro-batcher: one bounded queue, one collate loop, one model worker thread.
+"""The micro-batcher: one bounded queue, one collate loop, `workers` model threads.
 
-When the worker frees up it takes everything queued (up to max_batch_size) at once, so batches
+When a worker frees up it takes everything queued (up to max_batch_size) at once, so batches
 grow with load by themselves and a lone request at low load waits for nothing but its forward pass.
 `max_wait_ms` > 0 optionally holds a non-full batch open that long for company.
+
+Why more than one worker: on CPU, two single-threaded workers outrun one two-threaded worker
+for a small encoder (no OpenMP barrier stalls when the event loop preempts a thread; measured in
+README, Benchmarks). With workers=1 this is the classic one-queue, one-worker batcher.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ class MicroBatcher(Generic[T, R]):
         max_wait_ms: float = 0.0,
         retry_after_s: int = 1,
         metrics: Metrics | None = None,
+        workers: int = 1,
     ):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -52,9 +57,10 @@ class MicroBatcher(Generic[T, R]):
         self._retry_after_s = retry_after_s
         self._metrics = metrics or Metrics()
         self._queue: asyncio.Queue[_Item[T, R]] = asyncio.Queue(maxsize=max_queue)
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
+        self._free_workers = asyncio.Semaphore(workers)
         self._loop_task: asyncio.Task[None] | None = None
-        self._busy = False
+        self._running: set[asyncio.Task[None]] = set()
 
     @property
     def depth(self) -> int:
@@ -82,14 +88,18 @@ class MicroBatcher(Generic[T, R]):
 
     async def _collate_loop(self) -> None:
         while True:
-            batch = await self._collect()
-            live = self._drop_expired(batch)
-            if live:
-                self._busy = True
-                try:
-                    await self._run(live)
-                finally:
-                    self._busy = False
+            await self._free_workers.acquire()  # collect only when a worker can take the batch
+            live = self._drop_expired(await self._collect())
+            if not live:
+                self._free_workers.release()
+                continue
+            task = asyncio.get_running_loop().create_task(self._run(live))
+            self._running.add(task)
+            task.add_done_callback(self._batch_done)
+
+    def _batch_done(self, task: asyncio.Task[None]) -> None:
+        self._running.discard(task)
+        self._free_workers.release()
 
     async def _collect(self) -> list[_Item[T, R]]:
         batch = [await self._queue.get()]
@@ -148,7 +158,7 @@ class MicroBatcher(Generic[T, R]):
 
     async def stop(self) -> None:
         """Finish what is queued, then stop the loop and the worker thread."""
-        while not self._queue.empty() or self._busy:
+        while not self._queue.empty() or self._running:
             await asyncio.sleep(0.01)
         if self._loop_task is not None:
             self._loop_task.cancel()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,16 +52,21 @@ class Runtime:
         self.draining = True
         self.metrics.ready.set(0)
 
-    async def start(self, bundle: ModelBundle | None) -> None:
-        """Build the service now (bundle given) or load the model in the background."""
+    async def start(self, bundle: ModelBundle | None,
+                    bundle_future: Future[ModelBundle] | None = None) -> None:
+        """Build the service now (bundle given), or once the model has loaded in the
+        background (a future from a preloading thread, else loaded here in a thread)."""
         if bundle is not None:
             self._wire(bundle)
             return
-        self._loader = asyncio.get_running_loop().create_task(self._load())
+        self._loader = asyncio.get_running_loop().create_task(self._load(bundle_future))
 
-    async def _load(self) -> None:
+    async def _load(self, bundle_future: Future[ModelBundle] | None) -> None:
         try:
-            bundle = await asyncio.to_thread(_load_from_settings, self.settings)
+            if bundle_future is not None:
+                bundle = await asyncio.wrap_future(bundle_future)
+            else:
+                bundle = await asyncio.to_thread(load_from_settings, self.settings)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model load failed")
@@ -79,11 +85,13 @@ class Runtime:
 
         def run_batch(texts: list[str]) -> list[Ranked]:
             with m.forward_seconds.time():
-                return bundle.predict(texts, max_forward_batch=s.max_batch_size)
+                return bundle.predict(texts, max_forward_batch=s.max_batch_size,
+                                      max_forward_tokens=s.max_forward_tokens)
 
         batcher: MicroBatcher[str, Ranked] = MicroBatcher(
             run_batch, max_batch_size=s.max_batch_size, max_queue=s.max_queue,
-            max_wait_ms=s.max_wait_ms, retry_after_s=s.retry_after_s, metrics=m)
+            max_wait_ms=s.max_wait_ms, retry_after_s=s.retry_after_s, metrics=m,
+            workers=s.workers)
         batcher.start()
         limits = Limits(s.max_text_chars, s.bulk_max_items, s.request_timeout_s)
         self.service = PredictionService(bundle, batcher, self.cache, m, limits)
@@ -113,9 +121,10 @@ class Runtime:
             await self.cache.close()
 
 
-def _load_from_settings(settings: Settings) -> ModelBundle:
+def load_from_settings(settings: Settings) -> ModelBundle:
+    """Load the model the settings name (the default bundle when SURGE_MODEL_DIR is unset)."""
     from common.training import default_model_dir
 
     path = settings.model_dir or default_model_dir()
     return load_bundle(Path(path), name=settings.model_name, max_tokens=settings.max_tokens,
-                       threads=settings.torch_threads)
+                       threads=settings.threads, compiled=settings.compiled)

@@ -5,16 +5,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from concurrent.futures import Future
+from threading import Thread
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import uvicorn
 
+from common.bundle import ModelBundle
 from common.logs import setup_logging
 from common.settings import Settings
-from online.app import create_app
-from online.runtime import Runtime
+
+if TYPE_CHECKING:
+    from online.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+def preload(settings: Settings) -> Future[ModelBundle]:
+    """Start loading the model (torch import, weights, warm-up) in a thread right away, so
+    it overlaps importing and starting the web stack: part of cold start."""
+    future: Future[ModelBundle] = Future()
+
+    def work() -> None:
+        from online.runtime import load_from_settings
+
+        try:
+            future.set_result(load_from_settings(settings))
+        except BaseException as exc:
+            future.set_exception(exc)
+
+    Thread(target=work, name="model-load", daemon=True).start()
+    return future
 
 
 class DrainingServer(uvicorn.Server):
@@ -51,7 +73,10 @@ def serve(settings: Settings | None = None) -> int:
         "k_service": settings.k_service, "k_revision": settings.k_revision})
     log.info("starting", extra={"settings": settings.masked()})
     settings.warn_shared_redis()
-    app = create_app(settings)
+    bundle = preload(settings)
+    from online.app import create_app  # after preload: fastapi's import overlaps the load
+
+    app = create_app(settings, bundle_future=bundle)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,

@@ -1,0 +1,42 @@
+"""The naive baseline for benchmarks: one request, one forward pass; no batching, no cache.
+
+This is the server most tutorials write (a sync FastAPI handler calling the model), kept here
+so `make bench` can measure what micro-batching and caching buy against it in the same run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI
+
+from common.bundle import ModelBundle, load_bundle
+from common.schemas import PredictRequest
+from common.settings import Settings
+from common.training import default_model_dir
+
+
+def create_naive_app(bundle: ModelBundle) -> FastAPI:
+    """A FastAPI app whose sync handler runs the model per request (in FastAPI's threadpool)."""
+    app = FastAPI(title="surgeserve naive baseline")
+
+    @app.post("/v1/predict")
+    def predict(body: PredictRequest) -> dict[str, Any]:
+        ranked = bundle.predict([body.text])[0]
+        return {"label": ranked[0][0], "score": ranked[0][1],
+                "scores": [{"label": k, "score": v} for k, v in ranked]}
+
+    return app
+
+
+def serve_naive(settings: Settings | None = None) -> int:
+    """Load the model, then serve the baseline on $PORT."""
+    settings = settings or Settings()
+    path = Path(settings.model_dir or default_model_dir())
+    bundle = load_bundle(path, max_tokens=settings.max_tokens, threads=settings.threads,
+                         compiled=settings.compiled)
+    uvicorn.run(create_naive_app(bundle), host=settings.host, port=settings.port,
+                log_level="warning", access_log=False)
+    return 0
