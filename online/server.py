@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from concurrent.futures import Future
@@ -20,6 +21,20 @@ if TYPE_CHECKING:
     from online.runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+def limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each thread its own malloc arena and keeps freed memory in it; with model
+    workers, the tokenizer's and torch's threads that is ~50 MB of RSS after load (measured:
+    501 -> 455 MB). Must run before threads start; a no-op off glibc."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(name).mallopt(-8, arenas)  # M_ARENA_MAX
 
 
 def preload(settings: Settings) -> Future[ModelBundle]:
@@ -68,6 +83,7 @@ class DrainingServer(uvicorn.Server):
 
 def serve(settings: Settings | None = None) -> int:
     """Run the API until a signal; exit 0 after a clean drain."""
+    limit_malloc_arenas()
     settings = settings or Settings()
     setup_logging(settings.log_level, json_lines=settings.log_json, static={
         "k_service": settings.k_service, "k_revision": settings.k_revision})

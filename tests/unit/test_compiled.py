@@ -1,0 +1,47 @@
+"""The fast-start artifact: same answers as the eager model, and a safe fallback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from common.bundle import load_bundle, weights_hash
+from common.compiled import META, TRACE, compile_model, compiled_dir
+
+TEXTS = ["ok", "a long and winding review " * 20, "Mixed Case TEXT", "x"]
+
+
+@pytest.fixture(autouse=True)
+def model_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Compiled artifacts go to a fresh model home per test."""
+    monkeypatch.setenv("SURGE_MODEL_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_compiled_bundle_answers_like_the_eager_one(tiny_model_dir: Path) -> None:
+    eager = load_bundle(tiny_model_dir, compiled=False, max_tokens=64)
+    where = compile_model(tiny_model_dir)
+    assert where == compiled_dir(weights_hash(tiny_model_dir))
+    fast = load_bundle(tiny_model_dir, max_tokens=64)
+    assert (eager.backend.kind, fast.backend.kind) == ("transformers", "torchscript")
+    assert (fast.name, fast.version, fast.labels) == (eager.name, eager.version, eager.labels)
+    assert fast.lowercase == eager.lowercase and fast.max_tokens == eager.max_tokens
+    for got, want in zip(fast.predict(TEXTS, max_forward_batch=3),
+                         eager.predict(TEXTS, max_forward_batch=3), strict=True):
+        assert [label for label, _ in got] == [label for label, _ in want]
+        assert dict(got) == pytest.approx(dict(want), abs=1e-5)
+
+
+def test_corrupt_artifact_falls_back_to_eager(tiny_model_dir: Path) -> None:
+    where = compile_model(tiny_model_dir)
+    (where / TRACE).write_bytes(b"not a torchscript archive")
+    bundle = load_bundle(tiny_model_dir)
+    assert bundle.backend.kind == "transformers"
+    assert len(bundle.predict(["still answers"])[0]) == 3
+
+
+def test_compiled_can_be_switched_off(tiny_model_dir: Path) -> None:
+    compile_model(tiny_model_dir)
+    assert (compiled_dir(weights_hash(tiny_model_dir)) / META).is_file()
+    assert load_bundle(tiny_model_dir, compiled=False).backend.kind == "transformers"
