@@ -50,5 +50,5 @@ def setup_logging(level: str, *, json_lines: bool, static: dict[str, str]) -> No
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for noisy in ("uvicorn.access",):
-        logging.getLogger(noisy).disabled = True
+    logging.getLogger("uvicorn.access").disabled = True  # we log requests ourselves
+    logging.getLogger("torch").setLevel(logging.WARNING)  # cache stats at exit, etc.

@@ -22,13 +22,13 @@ from online.runtime import Runtime
 from online.service import Prediction
 
 
-def runtime(request: Request) -> Runtime:
-    """The app's runtime (dependency)."""
+async def runtime(request: Request) -> Runtime:
+    """The app's runtime (dependency; async so FastAPI does not hop to a thread for it)."""
     rt: Runtime = request.app.state.runtime
     return rt
 
 
-def require_json(request: Request) -> None:
+async def require_json(request: Request) -> None:
     """415 unless the body is declared JSON."""
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype != "application/json" and not ctype.endswith("+json"):
