@@ -2,8 +2,9 @@
 
 Two backends compute the same logits:
 - `HFBackend`: transformers' AutoModel + AutoTokenizer (works for any directory; slow to start).
-- `TracedBackend` (common/compiled.py): a verified TorchScript trace + the Rust tokenizer,
-  used when `surgeserve model compile` has been run for this model version (fast cold start).
+- `OnnxBackend` (common/compiled.py): a verified ONNX export run by ONNX Runtime + the Rust
+  tokenizer, used when `surgeserve model compile` has been run for this model version: no torch
+  import at serve time (fast cold start, less memory, faster on CPU; measured in README).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+import numpy as np
 
 from common.errors import ModelNotFound
 
@@ -31,15 +34,14 @@ Ranked = list[tuple[str, float]]
 class Backend(Protocol):
     """Token ids in, logits out."""
 
-    pad_id: int
     kind: str
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         """Token ids with special tokens, truncated to the bundle's max_tokens."""
         ...
 
-    def logits(self, input_ids: Any, attention_mask: Any) -> Any:
-        """Float logits [batch, labels] for a padded batch."""
+    def logits(self, batch_ids: list[list[int]]) -> np.ndarray:
+        """Float logits [batch, labels] for one forward pass over these sequences."""
         ...
 
 
@@ -65,19 +67,15 @@ class ModelBundle:
         `max_forward_tokens` padded tokens: on CPU, one big padded batch wastes more on
         padding than it saves in per-call overhead (measured: README, Benchmarks).
         """
-        import torch
-
         if not texts:
             return []
         ids = self.backend.encode(texts)
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out: list[Ranked] = [[] for _ in texts]
-        with torch.inference_mode():
-            for chunk in _chunks(order, ids, max_forward_batch, max_forward_tokens):
-                input_ids, mask = pad_batch([ids[i] for i in chunk], self.backend.pad_id)
-                probs = torch.softmax(self.backend.logits(input_ids, mask).float(), dim=-1)
-                for row, i in zip(probs.tolist(), chunk, strict=True):
-                    out[i] = _rank(self.labels, row)
+        for chunk in _chunks(order, ids, max_forward_batch, max_forward_tokens):
+            probs = softmax(self.backend.logits([ids[i] for i in chunk]))
+            for row, i in zip(probs.tolist(), chunk, strict=True):
+                out[i] = _rank(self.labels, row)
         return out
 
     def info(self) -> dict[str, Any]:
@@ -113,27 +111,35 @@ class HFBackend:
                                  add_special_tokens=True)
         return list(encoded["input_ids"])
 
-    def logits(self, input_ids: Any, attention_mask: Any) -> Any:
+    def logits(self, batch_ids: list[list[int]]) -> np.ndarray:
         """One forward pass."""
         import torch
 
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        input_ids, mask = pad_batch(batch_ids, self.pad_id)
+        inputs = {"input_ids": torch.from_numpy(input_ids),
+                  "attention_mask": torch.from_numpy(mask)}
         if self.uses_token_types:
-            inputs["token_type_ids"] = torch.zeros_like(input_ids)
-        return self.model(**inputs).logits
+            inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
+        with torch.inference_mode():
+            return np.asarray(self.model(**inputs).logits.float().numpy())
 
 
-def pad_batch(batch_ids: list[list[int]], pad_id: int) -> tuple[Any, Any]:
-    """Right-padded input ids and attention mask tensors."""
-    import torch
-
+def pad_batch(batch_ids: list[list[int]], pad_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """Right-padded int64 input ids and attention mask."""
     width = max(len(x) for x in batch_ids)
-    input_ids = torch.full((len(batch_ids), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(batch_ids), width), dtype=torch.long)
+    input_ids = np.full((len(batch_ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(batch_ids), width), dtype=np.int64)
     for row, seq in enumerate(batch_ids):
-        input_ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        input_ids[row, : len(seq)] = seq
         mask[row, : len(seq)] = 1
     return input_ids, mask
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax in float64 (stable)."""
+    shifted = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
 
 
 def _chunks(order: list[int], ids: list[list[int]], max_items: int,
@@ -209,19 +215,15 @@ def load_bundle(
             f"{path} is not a Hugging Face model directory (no config.json)",
             {"hint": "run `surgeserve model build`, or set SURGE_MODEL_DIR"},
         )
-    import torch
-
-    if threads:
-        torch.set_num_threads(threads)
     manifest = read_manifest(path)
     version = str(manifest.get("version") or weights_hash(path))
     bundle = None
     if compiled:
         from common.compiled import load_compiled
 
-        bundle = load_compiled(path, version, manifest, max_tokens=max_tokens)
+        bundle = load_compiled(path, version, manifest, max_tokens=max_tokens, threads=threads)
     if bundle is None:
-        bundle = load_eager(path, version, manifest, max_tokens=max_tokens)
+        bundle = load_eager(path, version, manifest, max_tokens=max_tokens, threads=threads)
     if name:
         bundle.name = name
     if warmup:
@@ -234,11 +236,15 @@ def load_bundle(
 
 
 def load_eager(path: Path, version: str, manifest: dict[str, Any], *,
-               max_tokens: int) -> ModelBundle:
+               max_tokens: int, threads: int | None = None) -> ModelBundle:
     """The transformers path: any sequence-classification directory."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    if threads:
+        torch.set_num_threads(threads)
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()

@@ -21,10 +21,17 @@ class RedisTier:
     def __init__(self, url: str, *, ttl_s: int, timeout_s: float, backoff_max_s: float,
                  metrics: Metrics):
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError as RedisConnectionError
 
+        # One immediate retry: after a Redis restart every pooled connection is stale, and the
+        # first command on each fails although the server is back. Only a second failure in a
+        # row counts as an outage (and starts the backoff).
         self._client = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-            health_check_interval=30, max_connections=64)
+            health_check_interval=30, max_connections=64,
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError])
         self.ttl_s = ttl_s
         self._metrics = metrics
         self._backoff_max_s = backoff_max_s

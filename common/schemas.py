@@ -58,7 +58,7 @@ class ModelCard(BaseModel):
     labels: list[str]
     max_tokens: int
     lowercase: bool
-    backend: str = Field(description="torchscript (compiled artifact) or transformers")
+    backend: str = Field(description="onnx (compiled artifact, ONNX Runtime) or transformers")
     metrics: dict[str, Any]
     default: bool = True
 

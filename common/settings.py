@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     # Defaults: one worker per usable CPU, CPUs / workers torch threads (measured best on CPU).
     model_workers: int | None = Field(None, ge=1, le=64)
     torch_threads: int | None = Field(None, ge=1)
-    # Use the verified TorchScript artifact when one exists for this model version.
+    # Use the verified ONNX artifact (ONNX Runtime) when one exists for this model version.
     compiled: bool = True
 
     # glibc malloc (set before any thread starts; 0 leaves glibc's default). Measured under

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from common.bundle import load_bundle, weights_hash
-from common.compiled import META, TRACE, compile_model, compiled_dir
+from common.compiled import META, MODEL, compile_model, compiled_dir
 
 TEXTS = ["ok", "a long and winding review " * 20, "Mixed Case TEXT", "x"]
 
@@ -24,7 +24,7 @@ def test_compiled_bundle_answers_like_the_eager_one(tiny_model_dir: Path) -> Non
     where = compile_model(tiny_model_dir)
     assert where == compiled_dir(weights_hash(tiny_model_dir))
     fast = load_bundle(tiny_model_dir, max_tokens=64)
-    assert (eager.backend.kind, fast.backend.kind) == ("transformers", "torchscript")
+    assert (eager.backend.kind, fast.backend.kind) == ("transformers", "onnx")
     assert (fast.name, fast.version, fast.labels) == (eager.name, eager.version, eager.labels)
     assert fast.lowercase == eager.lowercase and fast.max_tokens == eager.max_tokens
     for got, want in zip(fast.predict(TEXTS, max_forward_batch=3),
@@ -35,7 +35,7 @@ def test_compiled_bundle_answers_like_the_eager_one(tiny_model_dir: Path) -> Non
 
 def test_corrupt_artifact_falls_back_to_eager(tiny_model_dir: Path) -> None:
     where = compile_model(tiny_model_dir)
-    (where / TRACE).write_bytes(b"not a torchscript archive")
+    (where / MODEL).write_bytes(b"not an onnx model")
     bundle = load_bundle(tiny_model_dir)
     assert bundle.backend.kind == "transformers"
     assert len(bundle.predict(["still answers"])[0]) == 3
