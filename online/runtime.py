@@ -99,8 +99,8 @@ class Runtime:
         m.model_info.labels(bundle.name, bundle.version, s.k_service, s.k_revision,
                             s.k_configuration).set(1)
         m.model_load_seconds.set(bundle.load_seconds)
-        # torch and the model leave ~180k long-lived objects; a full GC pass over them took
-        # 89 ms (measured), a stall every request on the loop would wait out. Freeze them.
+        # Startup leaves many long-lived objects (with transformers/torch loaded ~180k; a full
+        # GC pass over them took 89 ms, a stall every request on the loop waits out). Freeze.
         gc.collect()
         gc.freeze()
         if not self.draining:
