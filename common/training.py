@@ -87,8 +87,10 @@ def ensure_compiled(path: Path) -> Path | None:
         return None
 
 
-def build(config: TrainConfig, target: Path, *, progress: bool = True) -> Path:
-    """Fine-tune, evaluate on the held-out split, and write an HF directory plus manifest."""
+def build(config: TrainConfig, target: Path, *, progress: bool = True,
+          heldout_limit: int | None = None) -> Path:
+    """Fine-tune, evaluate on the held-out split (its first `heldout_limit` examples, for
+    quick test builds), and write an HF directory plus manifest."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -100,6 +102,8 @@ def build(config: TrainConfig, target: Path, *, progress: bool = True) -> Path:
     train, test = split(load_examples(), test_fraction=config.test_fraction, seed=config.seed)
     if config.limit:
         train = train[: config.limit]
+    if heldout_limit:
+        test = test[:heldout_limit]
     tokenizer = AutoTokenizer.from_pretrained(encoder_dir())
     model = AutoModelForSequenceClassification.from_pretrained(
         encoder_dir(),
@@ -147,8 +151,10 @@ def _batches(lengths: list[int], batch_size: int, rng: random.Random) -> list[li
 
 
 def _collate(ids: list[list[int]], pad: int) -> dict[str, Any]:
+    import torch
+
     input_ids, mask = pad_batch(ids, pad)
-    return {"input_ids": input_ids, "attention_mask": mask}
+    return {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
 
 
 def _train(model: Any, tokenizer: Any, train: list[Example], config: TrainConfig,
