@@ -91,7 +91,8 @@ def serve(settings: Settings | None = None) -> int:
     settings = settings or Settings()
     tune_malloc(settings.malloc_arenas, settings.mmap_threshold_bytes)
     setup_logging(settings.log_level, json_lines=settings.log_json, static={
-        "k_service": settings.k_service, "k_revision": settings.k_revision})
+        "k_service": settings.k_service, "k_revision": settings.k_revision,
+        "k_configuration": settings.k_configuration})
     log.info("starting", extra={"settings": settings.masked()})
     settings.warn_shared_redis()
     bundle = preload(settings)
