@@ -66,6 +66,13 @@ class NotReady(SurgeError):
     code = "not_ready"
 
 
+class JobsUnavailable(SurgeError):
+    """The jobs Redis does not answer: 503 so a client (or a Knative broker) retries."""
+
+    status = 503
+    code = "jobs_unavailable"
+
+
 class DeadlineExceeded(SurgeError):
     status = 504
     code = "deadline_exceeded"

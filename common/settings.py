@@ -65,8 +65,19 @@ class Settings(BaseSettings):
     cache_timeout_s: float = Field(0.25, gt=0)
     cache_backoff_max_s: float = Field(5.0, gt=0)
 
-    # Jobs Redis (Celery broker and job store), used by the batch path.
+    # Jobs Redis (Celery broker and job store), used by the batch path. Unset: no jobs API.
     redis_url: str | None = None
+    job_chunk_size: int = Field(256, ge=1, le=10_000)
+    job_max_items: int = Field(100_000, ge=1)
+    job_max_bytes: int = Field(32 * 1_048_576, ge=1024)
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    job_queue: str = "surgeserve.chunks"
+    # Celery: a chunk must finish well inside the visibility timeout, or Redis hands its
+    # unacknowledged message to another worker while the first is still on it.
+    chunk_soft_time_limit_s: int = Field(300, ge=1)
+    chunk_time_limit_s: int = Field(360, ge=1)
+    visibility_timeout_s: int = Field(3600, ge=10)
+    chunk_max_retries: int = Field(5, ge=0)
 
     # Shutdown: after SIGTERM, wait drain_delay_s with readiness at 503 (so the router stops
     # sending), then let in-flight requests finish for up to shutdown_grace_s.

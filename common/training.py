@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.bundle import MANIFEST, pad_batch, weights_hash
+from common.bundle import MANIFEST, ModelBundle, load_bundle, pad_batch, weights_hash
 from common.corpus import LABELS, Example, load_examples, package_dir, split
-from common.settings import default_model_home
+from common.settings import Settings, default_model_home
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +51,13 @@ def default_model_dir(config: TrainConfig | None = None) -> Path:
     """Where the default bundle for these settings lives (outside the repo)."""
     config = config or TrainConfig()
     return default_model_home() / f"{MODEL_NAME}-{config.key()}"
+
+
+def load_configured_model(settings: Settings) -> ModelBundle:
+    """The model the settings name (the default bundle when SURGE_MODEL_DIR is unset)."""
+    path = settings.model_dir or default_model_dir()
+    return load_bundle(Path(path), name=settings.model_name, max_tokens=settings.max_tokens,
+                       threads=settings.threads, compiled=settings.compiled)
 
 
 def encoder_dir() -> Path:

@@ -35,6 +35,8 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await rt.start(bundle, bundle_future)
+        if settings.redis_url:
+            app.state.jobs = _job_service(settings)
         yield
         await rt.stop()
 
@@ -42,11 +44,26 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
                   description="Cached, micro-batched text classification.")
     app.state.runtime = rt
     app.include_router(router)
+    if settings.redis_url:
+        from batch.api import router as jobs_router
+
+        app.include_router(jobs_router)
     _install_error_handlers(app)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                       large={"/v1/jobs": settings.job_max_bytes,
+                              "/events": settings.job_max_bytes})
     app.add_middleware(ObservabilityMiddleware, metrics=rt.metrics,
                        log_requests=settings.access_log)
     return app
+
+
+def _job_service(settings: Settings) -> Any:
+    from batch.celery_app import create_celery
+    from batch.service import JobService
+    from batch.store import JobStore
+
+    store = JobStore.from_url(str(settings.redis_url), ttl_s=settings.job_ttl_s)
+    return JobService(store, create_celery(settings), settings)
 
 
 def _error_response(error: SurgeError) -> JSONResponse:

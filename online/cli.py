@@ -69,6 +69,12 @@ def _cmd_serve_naive(args: argparse.Namespace) -> int:
     return serve_naive()
 
 
+def _cmd_worker(args: argparse.Namespace) -> int:
+    from batch.celery_app import run_worker
+
+    return run_worker()
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from online.stack import up
 
@@ -86,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     naive = sub.add_parser("serve-naive",
                            help="benchmark baseline: one request, one forward pass, no cache")
     naive.set_defaults(func=_cmd_serve_naive)
+
+    worker = sub.add_parser("worker", help="a Celery worker for bulk jobs (SURGE_REDIS_URL)")
+    worker.set_defaults(func=_cmd_worker)
 
     up = sub.add_parser("up", help="local stack: cache Redis, jobs Redis, API; Ctrl-C stops")
     up.add_argument("--port", type=int, default=None, help="API port (default $PORT or 8080)")

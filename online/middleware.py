@@ -63,19 +63,22 @@ class ObservabilityMiddleware:
 class BodyLimitMiddleware:
     """413 for bodies over the limit, by Content-Length up front or by counting the stream."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int):
+    def __init__(self, app: ASGIApp, max_bytes: int, large: dict[str, int] | None = None):
         self.app = app
-        self.max_bytes = max_bytes
+        self.default_max = max_bytes
+        self.large = large or {}  # path prefix -> limit (bulk job uploads)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = next((n for prefix, n in self.large.items() if scope["path"].startswith(prefix)),
+                     self.default_max)
         declared = _header(scope, b"content-length")
-        if declared and declared.isdigit() and int(declared) > self.max_bytes:
+        if declared and declared.isdigit() and int(declared) > limit:
             await _send_error(send, PayloadTooLarge(
-                f"request body is larger than {self.max_bytes} bytes",
-                {"max_bytes": self.max_bytes, "got": int(declared)}))
+                f"request body is larger than {limit} bytes",
+                {"max_bytes": limit, "got": int(declared)}))
             return
         if declared is not None or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
@@ -91,10 +94,9 @@ class BodyLimitMiddleware:
                 return  # client went away
             chunk = message.get("body", b"")
             size += len(chunk)
-            if size > self.max_bytes:
+            if size > limit:
                 await _send_error(send, PayloadTooLarge(
-                    f"request body is larger than {self.max_bytes} bytes",
-                    {"max_bytes": self.max_bytes}))
+                    f"request body is larger than {limit} bytes", {"max_bytes": limit}))
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)

@@ -6,16 +6,15 @@ so `make bench` can measure what micro-batching and caching buy against it in th
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI
 
-from common.bundle import ModelBundle, load_bundle
+from common.bundle import ModelBundle
 from common.schemas import PredictRequest
 from common.settings import Settings
-from common.training import default_model_dir
+from common.training import load_configured_model
 
 
 def create_naive_app(bundle: ModelBundle) -> FastAPI:
@@ -34,9 +33,7 @@ def create_naive_app(bundle: ModelBundle) -> FastAPI:
 def serve_naive(settings: Settings | None = None) -> int:
     """Load the model, then serve the baseline on $PORT."""
     settings = settings or Settings()
-    path = Path(settings.model_dir or default_model_dir())
-    bundle = load_bundle(path, max_tokens=settings.max_tokens, threads=settings.threads,
-                         compiled=settings.compiled)
+    bundle = load_configured_model(settings)
     uvicorn.run(create_naive_app(bundle), host=settings.host, port=settings.port,
                 log_level="warning", access_log=False)
     return 0

@@ -7,14 +7,14 @@ import gc
 import logging
 from concurrent.futures import Future
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from common.bundle import ModelBundle, Ranked, load_bundle
+from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache, RedisTier
 from common.errors import NotReady
 from common.metrics import Metrics
 from common.settings import Settings
+from common.training import load_configured_model
 from online.batcher import MicroBatcher
 from online.service import Limits, PredictionService
 
@@ -67,7 +67,7 @@ class Runtime:
             if bundle_future is not None:
                 bundle = await asyncio.wrap_future(bundle_future)
             else:
-                bundle = await asyncio.to_thread(load_from_settings, self.settings)
+                bundle = await asyncio.to_thread(load_configured_model, self.settings)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model load failed")
@@ -124,12 +124,3 @@ class Runtime:
             await self.service.batcher.stop()
         if self.cache is not None:
             await self.cache.close()
-
-
-def load_from_settings(settings: Settings) -> ModelBundle:
-    """Load the model the settings name (the default bundle when SURGE_MODEL_DIR is unset)."""
-    from common.training import default_model_dir
-
-    path = settings.model_dir or default_model_dir()
-    return load_bundle(Path(path), name=settings.model_name, max_tokens=settings.max_tokens,
-                       threads=settings.threads, compiled=settings.compiled)

@@ -48,10 +48,10 @@ def preload(settings: Settings) -> Future[ModelBundle]:
     future: Future[ModelBundle] = Future()
 
     def work() -> None:
-        from online.runtime import load_from_settings
+        from common.training import load_configured_model
 
         try:
-            future.set_result(load_from_settings(settings))
+            future.set_result(load_configured_model(settings))
         except BaseException as exc:
             future.set_exception(exc)
 

@@ -38,6 +38,7 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
         "SURGE_MODEL_DIR": str(model_dir), "SURGE_LOG_JSON": os.environ.get("SURGE_LOG_JSON",
                                                                            "false")}
     api = subprocess.Popen([sys.executable, "-m", "online.cli", "serve"], env=env)
+    worker = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"], env=env)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -50,7 +51,8 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
         if _wait_ready(base, api):
             print(f"""
 surgeserve is up
-  API          {base}          (POST /v1/predict, /v1/bulk-predict)
+  API          {base}          (POST /v1/predict, /v1/bulk-predict, /v1/jobs, /events)
+  worker       Celery, pid {worker.pid}, queue surgeserve.chunks
   docs         {base}/docs
   metrics      {base}/metrics
   readiness    {base}/readyz
@@ -65,13 +67,15 @@ Ctrl-C stops everything.
     except KeyboardInterrupt:
         pass
     finally:
-        if api.poll() is None:
-            api.send_signal(signal.SIGTERM)
+        for process in (api, worker):
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in (api, worker):
             try:
-                api.wait(timeout=40)
+                process.wait(timeout=40)
             except subprocess.TimeoutExpired:
-                api.kill()
+                process.kill()
         jobs.stop()
         cache.stop()
-        print("stopped: API, cache Redis, jobs Redis", flush=True)
+        print("stopped: API, worker, cache Redis, jobs Redis", flush=True)
     return 0 if api.returncode in (0, -signal.SIGTERM, None) else int(api.returncode)

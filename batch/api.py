@@ -1,0 +1,123 @@
+"""Jobs HTTP API and the CloudEvents sink. Thin: parse → JobService → encode."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from batch import events
+from batch.service import JobService
+from common.errors import InvalidInput, NotReady, UnsupportedMediaType
+from common.schemas import ErrorResponse
+
+NDJSON = "application/x-ndjson"
+
+
+async def job_service(request: Request) -> JobService:
+    """The app's JobService (dependency)."""
+    service: JobService | None = getattr(request.app.state, "jobs", None)
+    if service is None:
+        raise NotReady("jobs are not configured (set SURGE_REDIS_URL)")
+    return service
+
+
+Jobs = Annotated[JobService, Depends(job_service)]
+router = APIRouter(tags=["jobs"])
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+def _view(job: dict[str, Any]) -> dict[str, Any]:
+    base = f"/v1/jobs/{job['id']}"
+    keep = ("id", "status", "total", "done", "chunks", "model", "version", "created_at",
+            "started_at", "finished_at", "error")
+    return {k: job.get(k) for k in keep} | {"links": {"self": base,
+                                                       "results": f"{base}/results"}}
+
+
+def _texts_from_body(content_type: str, body: bytes) -> list[str]:
+    if content_type == NDJSON:
+        texts = []
+        for number, line in enumerate(body.decode("utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except ValueError:
+                item = line  # a bare line of text is a text
+            text = item.get("text") if isinstance(item, dict) else item
+            if not isinstance(text, str):
+                raise InvalidInput("each NDJSON line is a text, a JSON string or "
+                                   '{"text": "..."}', {"line": number})
+            texts.append(text)
+        return texts
+    try:
+        data = json.loads(body)
+    except ValueError as exc:
+        raise InvalidInput("body is not valid JSON") from exc
+    found = data.get("texts") if isinstance(data, dict) else None
+    if not isinstance(found, list) or not all(isinstance(t, str) for t in found):
+        raise InvalidInput('body must be {"texts": [string, ...]}')
+    return found
+
+
+@router.post("/v1/jobs", status_code=202, responses=_errors(413, 415, 422, 503))
+async def submit_job(request: Request, jobs: Jobs) -> Response:
+    """Submit a bulk job: JSON `{"texts": [...]}` or NDJSON (one text per line)."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype not in ("application/json", NDJSON):
+        raise UnsupportedMediaType(f"send application/json or {NDJSON}", {"content_type": ctype})
+    try:
+        texts = _texts_from_body(ctype, await request.body())
+    except UnicodeDecodeError as exc:
+        raise InvalidInput("body is not UTF-8") from exc
+    job, created = await jobs.submit(texts, request.headers.get("idempotency-key"))
+    return JSONResponse(_view(job), status_code=202 if created else 200,
+                        headers={"Location": f"/v1/jobs/{job['id']}"})
+
+
+@router.get("/v1/jobs/{job_id}", responses=_errors(404, 503))
+async def job_status(job_id: str, jobs: Jobs) -> dict[str, Any]:
+    """Status (queued, running, succeeded, failed, cancelled) and exact progress."""
+    return _view(await jobs.get(job_id))
+
+
+@router.get("/v1/jobs/{job_id}/results", responses=_errors(404, 503))
+async def job_results(request: Request, job_id: str, jobs: Jobs,
+                      offset: Annotated[int, Query(ge=0)] = 0,
+                      limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
+    """A page of `{index, label, score, scores}`; `Accept: application/x-ndjson` streams all."""
+    if NDJSON in request.headers.get("accept", ""):
+        job = await jobs.get(job_id)
+        lines: Iterator[bytes] = (json.dumps(r).encode() + b"\n"
+                                  for r in jobs.store.iter_results(job_id, job["total"]))
+        return StreamingResponse(lines, media_type=NDJSON)
+    job, page = await jobs.results(job_id, offset, limit)
+    following = offset + limit
+    next_link = (f"/v1/jobs/{job_id}/results?offset={following}&limit={limit}"
+                 if following < job["total"] else None)
+    return JSONResponse({"job": _view(job), "offset": offset, "limit": limit,
+                         "results": page, "next": next_link})
+
+
+@router.delete("/v1/jobs/{job_id}", responses=_errors(404, 503))
+async def cancel_job(job_id: str, jobs: Jobs) -> dict[str, Any]:
+    """Cancel: chunks not yet run are skipped; results already written stay readable."""
+    return _view(await jobs.cancel(job_id))
+
+
+@router.post("/events", status_code=202, responses=_errors(400, 413, 415, 422, 503))
+async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
+    """CloudEvents 1.0 sink (binary or structured): `dev.surgeserve.bulk.requested` with
+    `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job."""
+    event, binary = events.parse(dict(request.headers), await request.body())
+    key = f"ce:{event.get_source()}:{event.get_id()}"
+    job, _ = await jobs.submit(events.texts_of(event), key)
+    message = events.reply(job, binary=binary)
+    return Response(message.body, status_code=202, headers=message.headers)

@@ -1,0 +1,93 @@
+"""The Celery app (a factory: no module-level app, no work at import) and its one task.
+
+Reliability settings, each for a reason:
+- JSON only (pickle refused): a broker message must never execute code on a worker.
+- acks_late + reject_on_worker_lost: a chunk's message is acknowledged after its results are
+  written, so a worker killed mid-chunk leaves it to be redelivered; results are idempotent.
+- prefetch 1: a worker holds one chunk at a time, so a dead worker strands at most one.
+- visibility_timeout (broker and result backend) above the longest chunk: otherwise Redis
+  redelivers a chunk that is still running.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Celery
+
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+RUN_CHUNK = "surgeserve.run_chunk"
+_runner: Any = None  # one ChunkRunner per worker process: the model loads once, not per task
+
+
+def create_celery(settings: Settings) -> Celery:
+    """A Celery app on the jobs Redis with the task registered."""
+    if not settings.redis_url:
+        raise ValueError("SURGE_REDIS_URL (the jobs Redis) is required for jobs")
+    app = Celery("surgeserve", broker=settings.redis_url, backend=settings.redis_url)
+    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    app.conf.update(
+        task_serializer="json", result_serializer="json", accept_content=["json"],
+        task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
+        task_default_queue=settings.job_queue, task_ignore_result=True,
+        broker_transport_options=transport, result_backend_transport_options=transport,
+        task_soft_time_limit=settings.chunk_soft_time_limit_s,
+        task_time_limit=settings.chunk_time_limit_s,
+        broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+        worker_cancel_long_running_tasks_on_connection_loss=True,
+    )
+    app.task(name=RUN_CHUNK, bind=True, max_retries=settings.chunk_max_retries,
+             autoretry_for=(ConnectionError, TimeoutError, OSError), retry_backoff=True,
+             retry_backoff_max=60, retry_jitter=True)(run_chunk)
+    app.conf.surge_settings = settings
+    return app
+
+
+def run_chunk(task: Any, job_id: str, chunk: int) -> dict[str, Any]:
+    """Thin task: ids in, one runner call. Transient Redis errors retry with backoff."""
+    import redis
+
+    runner = _worker_runner(task.app.conf.surge_settings)
+    try:
+        outcome = runner.run(job_id, chunk)
+    except redis.ConnectionError as exc:
+        raise ConnectionError(str(exc)) from exc  # autoretry: the jobs Redis may be restarting
+    if outcome.finished_job:
+        from batch.events import emit_job_ended
+
+        emit_job_ended(task.app.conf.surge_settings, runner.store, job_id)
+    return {"job": job_id, "chunk": chunk, "computed": outcome.computed,
+            "cached": outcome.cached, "skipped": outcome.skipped}
+
+
+def _worker_runner(settings: Settings) -> Any:
+    global _runner
+    if _runner is None:
+        from batch.runner import ChunkRunner
+        from batch.store import JobStore
+        from common.training import load_configured_model
+
+        bundle = load_configured_model(settings)
+        _runner = ChunkRunner(bundle, JobStore.from_url(str(settings.redis_url),
+                                                        ttl_s=settings.job_ttl_s), settings)
+        log.info("worker model loaded", extra={"model": bundle.name, "version": bundle.version})
+    return _runner
+
+
+def run_worker(settings: Settings | None = None) -> int:
+    """`surgeserve worker`: one solo-pool worker process on the chunk queue."""
+    from common.logs import setup_logging
+
+    settings = settings or Settings()
+    setup_logging(settings.log_level, json_lines=settings.log_json,
+                  static={"k_service": settings.k_service, "k_revision": settings.k_revision})
+    app = create_celery(settings)
+    _worker_runner(settings)  # load before taking work: the first chunk is not slower
+    app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", settings.job_queue,
+                     "--loglevel=INFO", "--without-gossip", "--without-mingle",
+                     "--without-heartbeat"])
+    return 0

@@ -1,0 +1,106 @@
+"""CloudEvents for jobs (cloudevents 2.x core API, used consistently): ingress parsing,
+reply events, and the completion event sent to K_SINK."""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from typing import Any
+
+import httpx
+from cloudevents.core.bindings.http import (
+    HTTPMessage,
+    from_http,
+    to_binary,
+    to_structured,
+)
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
+
+from batch.store import JobStore
+from common.errors import InvalidInput, UnsupportedMediaType
+from common.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SOURCE = "/surgeserve/jobs"
+BULK_REQUESTED = "dev.surgeserve.bulk.requested"
+JOB_ACCEPTED = "dev.surgeserve.job.accepted"
+JOB_COMPLETED = "dev.surgeserve.job.completed"
+JOB_FAILED = "dev.surgeserve.job.failed"
+_FORMAT = JSONFormat()
+
+
+class UnknownEventType(InvalidInput):
+    code = "unknown_event_type"
+
+
+def parse(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
+    """The CloudEvent in a request (binary or structured mode) and whether it was binary."""
+    lowered = {k.lower(): v for k, v in headers.items()}
+    binary = any(k.startswith("ce-") for k in lowered)
+    ctype = lowered.get("content-type", "").split(";")[0].strip().lower()
+    if not binary and ctype != "application/cloudevents+json":
+        raise UnsupportedMediaType("send a CloudEvent: binary mode (ce-* headers) or "
+                                   "structured mode (application/cloudevents+json)",
+                                   {"content_type": ctype or None})
+    if binary and lowered.get("ce-specversion") != "1.0":
+        raise InvalidInput("unsupported CloudEvents specversion",
+                           {"specversion": lowered.get("ce-specversion"), "supported": ["1.0"]})
+    try:
+        event = from_http(HTTPMessage(headers=lowered, body=body), _FORMAT)
+    except Exception as exc:  # the SDK raises several types for malformed events
+        raise InvalidInput("malformed CloudEvent", {"reason": type(exc).__name__}) from exc
+    if event.get_specversion() != "1.0":
+        raise InvalidInput("unsupported CloudEvents specversion",
+                           {"specversion": event.get_specversion(), "supported": ["1.0"]})
+    if event.get_type() != BULK_REQUESTED:
+        raise UnknownEventType("this sink accepts only " + BULK_REQUESTED,
+                               {"type": event.get_type()})
+    return event, binary
+
+
+def texts_of(event: Any) -> list[str]:
+    """The `texts` list in the event's data."""
+    data = event.get_data()
+    if isinstance(data, bytes | str):
+        raise InvalidInput("event data must be JSON: {\"texts\": [...]}")
+    texts = (data or {}).get("texts") if isinstance(data, dict) else None
+    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+        raise InvalidInput("event data must be {\"texts\": [string, ...]}")
+    return texts
+
+
+def reply(job: dict[str, Any], *, binary: bool) -> HTTPMessage:
+    """The `job.accepted` reply event, in the request's content mode."""
+    event = CloudEvent(attributes={"type": JOB_ACCEPTED, "source": SOURCE,
+                                   "id": str(uuid.uuid4()), "subject": job["id"],
+                                   "datacontenttype": "application/json"},
+                       data={"job_id": job["id"], "status": job["status"],
+                             "total": job["total"]})
+    return to_binary(event, _FORMAT) if binary else to_structured(event, _FORMAT)
+
+
+def emit_job_ended(settings: Settings, store: JobStore, job_id: str, attempts: int = 4) -> bool:
+    """Send job.completed / job.failed to K_SINK with retries; never fails the job."""
+    if not settings.k_sink:
+        return False
+    job = store.get(job_id) or {"id": job_id, "status": "unknown"}
+    kind = JOB_FAILED if job["status"] == "failed" else JOB_COMPLETED
+    event = CloudEvent(attributes={"type": kind, "source": SOURCE, "id": f"{job_id}-ended",
+                                   "subject": job_id, "datacontenttype": "application/json"},
+                       data={k: job.get(k) for k in ("id", "status", "total", "done",
+                                                     "model", "version", "finished_at")})
+    message = to_structured(event, _FORMAT)
+    for attempt in range(attempts):
+        try:
+            response = httpx.post(settings.k_sink, content=message.body,
+                                  headers=message.headers, timeout=5)
+            if response.status_code < 300:
+                return True
+        except httpx.HTTPError as exc:
+            log.warning("K_SINK delivery failed: %s", type(exc).__name__)
+        time.sleep(min(8.0, 0.5 * 2**attempt))
+    log.error("gave up sending %s for job %s to K_SINK", kind, job_id)
+    return False

@@ -1,0 +1,91 @@
+"""One chunk of a job: cache lookup, batched inference for the misses, idempotent write.
+
+Transport-free: the Celery task is a thin wrapper around `ChunkRunner.run`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from batch.store import CANCELLED, FINAL, JobStore
+from common.bundle import ModelBundle, Ranked
+from common.cache import PredictionCache, RedisTier
+from common.metrics import Metrics
+from common.settings import Settings
+from common.textnorm import cache_key, normalise
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ChunkOutcome:
+    """What running a chunk did (for logs, tests and the completion event)."""
+
+    job_id: str
+    chunk: int
+    computed: int
+    cached: int
+    skipped: bool = False
+    finished_job: bool = False
+
+
+class ChunkRunner:
+    """Runs chunks for one loaded model. One per worker process (the model loads once)."""
+
+    def __init__(self, bundle: ModelBundle, store: JobStore, settings: Settings):
+        self.bundle = bundle
+        self.store = store
+        self.settings = settings
+        self.metrics = Metrics()
+
+    def run(self, job_id: str, chunk: int) -> ChunkOutcome:
+        """Run one chunk; skipped when the job was cancelled, finished or expired."""
+        job = self.store.get(job_id)
+        if job is None or job["status"] in FINAL:
+            reason = "expired" if job is None else job["status"]
+            log.info("chunk skipped", extra={"job": job_id, "chunk": chunk, "reason": reason})
+            return ChunkOutcome(job_id, chunk, 0, 0, skipped=True)
+        self.store.mark_running(job_id, self.bundle.name, self.bundle.version)
+        texts = self.store.chunk_texts(job_id, chunk, job["chunk_size"])
+        ranked, cached = asyncio.run(self._predict(texts))
+        base = chunk * job["chunk_size"]
+        results = {base + i: _result(r) for i, r in enumerate(ranked)}
+        if self.store.status(job_id) == CANCELLED:  # cancelled while computing: keep nothing
+            return ChunkOutcome(job_id, chunk, len(texts) - cached, cached, skipped=True)
+        finished = self.store.write_chunk(job_id, chunk, results, job["chunks"])
+        return ChunkOutcome(job_id, chunk, len(texts) - cached, cached, finished_job=finished)
+
+    async def _predict(self, texts: list[str]) -> tuple[list[Ranked], int]:
+        cache = self._cache()
+        try:
+            keys = [cache_key(self.bundle.name, self.bundle.version,
+                              normalise(t, lowercase=self.bundle.lowercase)) for t in texts]
+            found = await cache.lookup(list(dict.fromkeys(keys))) if cache else {}
+            misses = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
+            computed = await asyncio.to_thread(
+                self.bundle.predict, list(misses.values()),
+                self.settings.max_batch_size, self.settings.max_forward_tokens)
+            fresh = dict(zip(misses, computed, strict=True))
+            if cache is not None:
+                cache.store(fresh)  # online traffic benefits from batch work
+                await cache.flush()
+            return [found.get(k) or fresh[k] for k in keys], sum(k in found for k in keys)
+        finally:
+            if cache is not None:
+                await cache.close()
+
+    def _cache(self) -> PredictionCache | None:
+        s = self.settings
+        if not s.cache_enabled or not s.cache_url:
+            return None
+        tier = RedisTier(s.cache_url, ttl_s=s.cache_ttl_s, timeout_s=s.cache_timeout_s,
+                         backoff_max_s=s.cache_backoff_max_s, metrics=self.metrics)
+        return PredictionCache(0, tier, self.metrics)
+
+
+def _result(ranked: Ranked) -> dict[str, Any]:
+    return {"label": ranked[0][0], "score": ranked[0][1],
+            "scores": [{"label": label, "score": score} for label, score in ranked]}

@@ -1,0 +1,80 @@
+"""JobService: submit, inspect, page and cancel jobs. Transport-free (HTTP and CloudEvents)."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+
+from batch.celery_app import RUN_CHUNK
+from batch.store import JobStore
+from common.errors import EmptyText, InvalidInput, JobsUnavailable, TextTooLong, TooManyItems
+from common.settings import Settings
+
+T = TypeVar("T")
+
+
+class JobService:
+    """Jobs on the jobs Redis; chunks go to Celery workers."""
+
+    def __init__(self, store: JobStore, celery: Any, settings: Settings):
+        self.store = store
+        self.celery = celery
+        self.settings = settings
+
+    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run a blocking store/broker call off the loop; Redis failures become 503."""
+        try:
+            return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise JobsUnavailable("the job store is unavailable; retry shortly",
+                                  retry_after=self.settings.retry_after_s) from exc
+
+    def validate(self, texts: list[str]) -> None:
+        """Clear errors before anything is stored or enqueued."""
+        s = self.settings
+        if not texts:
+            raise InvalidInput("a job needs at least one text")
+        if len(texts) > s.job_max_items:
+            raise TooManyItems(f"at most {s.job_max_items} texts per job",
+                               {"max_items": s.job_max_items, "got": len(texts)})
+        for index, text in enumerate(texts):
+            if not text.strip():
+                raise EmptyText("text is empty or only whitespace", {"index": index})
+            if len(text) > s.max_text_chars:
+                raise TextTooLong(f"text is longer than {s.max_text_chars} characters",
+                                  {"index": index, "max_chars": s.max_text_chars})
+
+    async def submit(self, texts: list[str], idempotency_key: str | None = None,
+                     ) -> tuple[dict[str, Any], bool]:
+        """Store the job and enqueue its chunks; an idempotent replay returns the first job."""
+        self.validate(texts)
+        job, created = await self._call(
+            self.store.create, texts, chunk_size=self.settings.job_chunk_size,
+            model=self.settings.model_name or "default", version="pending",
+            idempotency_key=idempotency_key)
+        if created:
+            await self._call(self._enqueue, job["id"], job["chunks"])
+        return job, created
+
+    def _enqueue(self, job_id: str, chunks: int) -> None:
+        for chunk in range(chunks):
+            self.celery.send_task(RUN_CHUNK, args=[job_id, chunk],
+                                  queue=self.settings.job_queue)
+
+    async def get(self, job_id: str) -> dict[str, Any]:
+        """Status and exact progress (404 when unknown or expired)."""
+        return await self._call(self.store.require, job_id)
+
+    async def results(self, job_id: str, offset: int, limit: int) -> tuple[dict[str, Any],
+                                                                           list[dict[str, Any]]]:
+        """The job and one page of its results."""
+        job = await self.get(job_id)
+        return job, await self._call(self.store.results, job_id, offset, limit)
+
+    async def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel; chunks not yet run are skipped."""
+        return await self._call(self.store.cancel, job_id)

@@ -1,0 +1,176 @@
+"""Job records and results in the jobs Redis (noeviction, AOF): losing a key loses user data.
+
+Layout, all under `surge:job:<id>` and expiring together after the retention time:
+  <id>          hash: status, total, chunk_size, chunks, timestamps, model, version, error
+  <id>:texts    list of the input texts (chunks read ranges of it)
+  <id>:results  hash index -> result JSON; writes are idempotent (a re-run overwrites)
+  <id>:done     set of finished chunk numbers: exact progress, never double-counted
+Idempotency keys: `surge:idem:<hash>` -> job id, SET NX, same retention.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import secrets
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import redis
+
+from common.errors import NotFound
+
+QUEUED, RUNNING = "queued", "running"
+SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
+FINAL = {SUCCEEDED, FAILED, CANCELLED}
+
+# The last chunk to finish flips the job to succeeded, exactly once (its caller emits the event).
+_FINISH = """
+if redis.call('SCARD', KEYS[2]) < tonumber(ARGV[1]) then return 0 end
+if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') ~= 'cancelled' then
+  redis.call('HSET', KEYS[1], 'status', 'succeeded')
+end
+return 1
+"""
+
+_START = """
+redis.call('HSET', KEYS[1], 'model', ARGV[2], 'version', ARGV[3])
+if redis.call('HGET', KEYS[1], 'status') == 'queued' then
+  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+end
+return 0
+"""
+
+
+def _key(job_id: str, part: str = "") -> str:
+    return f"surge:job:{job_id}" + (f":{part}" if part else "")
+
+
+class JobStore:
+    """Synchronous store (used by the API through a thread and by Celery tasks directly)."""
+
+    def __init__(self, client: redis.Redis, *, ttl_s: int):
+        self.redis = client
+        self.ttl_s = ttl_s
+        self._finish = client.register_script(_FINISH)
+        self._start = client.register_script(_START)
+
+    @classmethod
+    def from_url(cls, url: str, *, ttl_s: int) -> JobStore:
+        """A store on the Redis at `url`."""
+        return cls(redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=2,
+                                        decode_responses=True), ttl_s=ttl_s)
+
+    def create(self, texts: list[str], *, chunk_size: int, model: str, version: str,
+               idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+        """A new queued job, or the existing one for this idempotency key (created=False)."""
+        job_id = secrets.token_urlsafe(16)  # unguessable: the id is the capability to read
+        idem = None
+        if idempotency_key:
+            idem = "surge:idem:" + hashlib.sha256(idempotency_key.encode()).hexdigest()
+            if not self.redis.set(idem, job_id, nx=True, ex=self.ttl_s):
+                existing = self.redis.get(idem)
+                if existing and (job := self.get(str(existing))):
+                    return job, False
+                self.redis.set(idem, job_id, ex=self.ttl_s)  # stale key: its job expired
+        chunks = (len(texts) + chunk_size - 1) // chunk_size
+        meta: dict[Any, Any] = {
+            "id": job_id, "status": QUEUED, "total": len(texts), "chunk_size": chunk_size,
+            "chunks": chunks, "created_at": _now(), "model": model, "version": version}
+        try:
+            with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hset(_key(job_id), mapping=meta)
+                for start in range(0, len(texts), 10_000):
+                    pipe.rpush(_key(job_id, "texts"), *texts[start : start + 10_000])
+                for part in ("", "texts"):
+                    pipe.expire(_key(job_id, part), self.ttl_s)
+                pipe.execute()
+        except redis.RedisError:
+            if idem:
+                self.redis.delete(idem)
+            raise
+        return self.get(job_id) or meta, True
+
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        """Status with exact progress, or None when unknown or expired."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(_key(job_id))
+            pipe.hlen(_key(job_id, "results"))
+            meta, done = pipe.execute()
+        if not meta:
+            return None
+        for field in ("total", "chunk_size", "chunks"):
+            meta[field] = int(meta[field])
+        meta["done"] = int(done)
+        return dict(meta)
+
+    def require(self, job_id: str) -> dict[str, Any]:
+        """Like get, but NotFound (404) for an unknown job."""
+        job = self.get(job_id)
+        if job is None:
+            raise NotFound("no such job (unknown id, or its results expired)", {"id": job_id})
+        return job
+
+    def chunk_texts(self, job_id: str, chunk: int, chunk_size: int) -> list[str]:
+        """The texts of one chunk."""
+        start = chunk * chunk_size
+        return [str(t) for t in self.redis.lrange(_key(job_id, "texts"), start,
+                                                  start + chunk_size - 1)]
+
+    def mark_running(self, job_id: str, model: str, version: str) -> None:
+        """A chunk started: queued -> running, atomically (never undoes cancelled or final);
+        records the model that actually computes the results."""
+        self._start(keys=[_key(job_id)], args=[_now(), model, version])
+
+    def status(self, job_id: str) -> str | None:
+        """The status field alone."""
+        value = self.redis.hget(_key(job_id), "status")
+        return str(value) if value is not None else None
+
+    def write_chunk(self, job_id: str, chunk: int, results: dict[int, dict[str, Any]],
+                    chunks: int) -> bool:
+        """Store one chunk's results (idempotent); True for the call that finished the job."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(_key(job_id, "results"),
+                      mapping={str(i): json.dumps(r, separators=(",", ":"))
+                               for i, r in results.items()})
+            pipe.sadd(_key(job_id, "done"), chunk)
+            for part in ("results", "done"):
+                pipe.expire(_key(job_id, part), self.ttl_s)
+            pipe.execute()
+        return bool(self._finish(keys=[_key(job_id), _key(job_id, "done")],
+                                 args=[chunks, _now()]))
+
+    def fail(self, job_id: str, error: str) -> bool:
+        """Mark failed (a chunk gave up after its retries); True if this call ended the job."""
+        if not self.redis.hsetnx(_key(job_id), "finished_at", _now()):
+            return False
+        self.redis.hset(_key(job_id), mapping={"status": FAILED, "error": error})
+        return True
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        """Cancel a queued or running job; chunks not yet run are skipped."""
+        job = self.require(job_id)
+        if job["status"] not in FINAL and self.redis.hsetnx(_key(job_id), "finished_at",
+                                                           _now()):
+            self.redis.hset(_key(job_id), "status", CANCELLED)
+        return self.require(job_id)
+
+    def results(self, job_id: str, offset: int, limit: int) -> list[dict[str, Any]]:
+        """Results for indices offset..offset+limit-1 that exist, in index order."""
+        indices = list(range(offset, offset + limit))
+        if not indices:
+            return []
+        raw = self.redis.hmget(_key(job_id, "results"), [str(i) for i in indices])
+        return [{"index": i} | json.loads(r) for i, r in zip(indices, raw, strict=True) if r]
+
+    def iter_results(self, job_id: str, total: int, page: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every stored result in index order (for streaming)."""
+        for offset in range(0, total, page):
+            yield from self.results(job_id, offset, min(page, total - offset))
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
