@@ -6,7 +6,7 @@ Reliability settings, each for a reason:
   written, so a worker killed mid-chunk leaves it to be redelivered; results are idempotent.
 - prefetch 1: a worker holds one chunk at a time, so a dead worker strands at most one.
 - visibility_timeout (broker and result backend) above the longest chunk: otherwise Redis
-  redelivers a chunk that is still running.
+  redelivers a chunk that is still running; a dead worker's chunk comes back after it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,12 @@ def create_celery(settings: Settings) -> Celery:
     if not settings.redis_url:
         raise ValueError("SURGE_REDIS_URL (the jobs Redis) is required for jobs")
     app = Celery("surgeserve", broker=settings.redis_url, backend=settings.redis_url)
-    transport = {"visibility_timeout": settings.visibility_timeout_s}
+    # kombu sweeps for messages of dead workers every interval x throttle seconds (default
+    # 10 x 10 = ~100 s on top of the visibility timeout; measured: a SIGKILLed worker's chunk
+    # came back after 76 s). One cheap sweep every <= 10 s instead.
+    transport = {"visibility_timeout": settings.visibility_timeout_s,
+                 "unacked_restore_interval": max(1, min(10, settings.visibility_timeout_s // 2)),
+                 "unacked_restore_throttle": 1}
     app.conf.update(
         task_serializer="json", result_serializer="json", accept_content=["json"],
         task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,

@@ -76,7 +76,7 @@ class Settings(BaseSettings):
     # unacknowledged message to another worker while the first is still on it.
     chunk_soft_time_limit_s: int = Field(300, ge=1)
     chunk_time_limit_s: int = Field(360, ge=1)
-    visibility_timeout_s: int = Field(3600, ge=10)
+    visibility_timeout_s: int = Field(3600, ge=2)
     chunk_max_retries: int = Field(5, ge=0)
 
     # Shutdown: after SIGTERM, wait drain_delay_s with readiness at 503 (so the router stops

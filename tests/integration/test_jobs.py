@@ -31,19 +31,36 @@ def jobs_redis(tmp_path: Path) -> Iterator[RedisServer]:
 
 
 @pytest.fixture
-def worker(jobs_redis, cache_redis, default_model_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
-    env = os.environ | {"SURGE_REDIS_URL": jobs_redis.url, "SURGE_CACHE_URL": cache_redis.url,
-                        "SURGE_MODEL_DIR": str(default_model_dir), "SURGE_LOG_JSON": "false"}
-    log = (tmp_path / "worker.log").open("wb")
-    process = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"], env=env,
-                               stdout=log, stderr=subprocess.STDOUT)
-    yield process
-    process.terminate()
-    try:
-        process.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        process.kill()
+def start_worker(jobs_redis, cache_redis, default_model_dir: Path, tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Factory: a real `surgeserve worker` process (several may run; all stopped at the end)."""
+    processes: list[subprocess.Popen[bytes]] = []
+    log = (tmp_path / "worker.log").open("ab")
+
+    def start(**env: str) -> subprocess.Popen[bytes]:
+        full = os.environ | {"SURGE_REDIS_URL": jobs_redis.url,
+                             "SURGE_CACHE_URL": cache_redis.url,
+                             "SURGE_MODEL_DIR": str(default_model_dir),
+                             "SURGE_LOG_JSON": "false"} | env
+        process = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"], env=full,
+                                   stdout=log, stderr=subprocess.STDOUT)
+        processes.append(process)
+        return process
+
+    yield start
+    for process in processes:
+        if process.poll() is None:
+            process.terminate()
+    for process in processes:
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
     log.close()
+
+
+@pytest.fixture
+def worker(start_worker):  # type: ignore[no-untyped-def]
+    return start_worker()
 
 
 @pytest.fixture
