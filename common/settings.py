@@ -19,6 +19,10 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="SURGE_", frozen=True, extra="ignore")
 
+    # all: predictor + jobs API (when SURGE_REDIS_URL is set); jobs: jobs API and CloudEvents
+    # sink only, no model loaded (fast cold start for a scale-to-zero ingress).
+    role: Literal["all", "jobs"] = "all"
+
     # Serving. Knative injects PORT; it wins over SURGE_PORT.
     host: str = "0.0.0.0"
     port: int = Field(8080, validation_alias=AliasChoices("PORT", "SURGE_PORT"))

@@ -18,7 +18,7 @@ from common.errors import SurgeError
 from common.metrics import Metrics
 from common.settings import Settings
 from online.middleware import BodyLimitMiddleware, ObservabilityMiddleware
-from online.routes import router
+from online.routes import ops_router, router
 from online.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -30,11 +30,14 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
     """Build the predictor app. With `bundle` the model is used as given (tests, benchmarks);
     without, it is loaded in the background (or awaited from `bundle_future`) while /readyz
     answers 503."""
+    if settings.role == "jobs" and not settings.redis_url:
+        raise ValueError("SURGE_ROLE=jobs needs SURGE_REDIS_URL (the jobs Redis)")
     rt = Runtime(settings=settings, metrics=metrics or Metrics())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        await rt.start(bundle, bundle_future)
+        if settings.role != "jobs":
+            await rt.start(bundle, bundle_future)
         if settings.redis_url:
             app.state.jobs = _job_service(settings)
         yield
@@ -43,7 +46,9 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
     app = FastAPI(title="surgeserve", version="0.1.0", lifespan=lifespan,
                   description="Cached, micro-batched text classification.")
     app.state.runtime = rt
-    app.include_router(router)
+    app.include_router(ops_router)
+    if settings.role != "jobs":
+        app.include_router(router)
     if settings.redis_url:
         from batch.api import router as jobs_router
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,21 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return run_worker()
 
 
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from batch.client import submit
+
+    return submit(args.url, Path(args.file), column=args.column, wait=args.wait,
+                  out=Path(args.out) if args.out else None, key=args.idempotency_key)
+
+
+def _cmd_job(args: argparse.Namespace) -> int:
+    from batch.client import results, status
+
+    if args.job_command == "status":
+        return status(args.url, args.id)
+    return results(args.url, args.id, Path(args.out) if args.out else None)
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from online.stack import up
 
@@ -95,6 +111,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="a Celery worker for bulk jobs (SURGE_REDIS_URL)")
     worker.set_defaults(func=_cmd_worker)
+
+    default_url = os.environ.get("SURGE_URL", "http://127.0.0.1:8080")
+    submit = sub.add_parser("submit", help="submit a file (txt, csv, jsonl) as a bulk job")
+    submit.add_argument("file")
+    submit.add_argument("--column", default="text", help="csv column / jsonl field")
+    submit.add_argument("--wait", action="store_true", help="follow progress, then download")
+    submit.add_argument("--out", help="results file (NDJSON; default stdout)")
+    submit.add_argument("--idempotency-key", default=None)
+    submit.add_argument("--url", default=default_url, help="API base URL ($SURGE_URL)")
+    submit.set_defaults(func=_cmd_submit)
+
+    job = sub.add_parser("job", help="a job's status or results")
+    job.add_argument("job_command", choices=["status", "results"])
+    job.add_argument("id")
+    job.add_argument("--out", help="results file (NDJSON; default stdout)")
+    job.add_argument("--url", default=default_url)
+    job.set_defaults(func=_cmd_job)
 
     up = sub.add_parser("up", help="local stack: cache Redis, jobs Redis, API; Ctrl-C stops")
     up.add_argument("--port", type=int, default=None, help="API port (default $PORT or 8080)")

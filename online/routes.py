@@ -47,7 +47,8 @@ def _item(p: Prediction) -> dict[str, Any]:
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime)]
-router = APIRouter()
+router = APIRouter()  # predictions and models: not mounted in the jobs-only role
+ops_router = APIRouter()  # health, readiness, metrics: every role
 
 
 @router.post("/v1/predict", response_model=PredictResponse, tags=["predict"],
@@ -79,18 +80,20 @@ async def models(rt: RuntimeDep) -> dict[str, Any]:
     return {"models": [bundle.info() | {"default": True}]}
 
 
-@router.get("/healthz", tags=["health"])
+@ops_router.get("/healthz", tags=["health"])
 async def healthz() -> dict[str, str]:
     """Liveness: the process answers."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Readiness, tags=["health"],
+@ops_router.get("/readyz", response_model=Readiness, tags=["health"],
             responses={503: {"model": Readiness}})
 async def readyz(rt: RuntimeDep) -> Response:
     """Readiness: 200 once the model is loaded and warmed; 503 before and while draining."""
     if rt.draining:
         status = "draining"
+    elif rt.settings.role == "jobs":
+        status = "ready"  # no model in this role
     elif rt.service is None:
         status = "failed" if rt.load_error else "loading"
     else:
@@ -101,7 +104,7 @@ async def readyz(rt: RuntimeDep) -> Response:
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 
-@router.get("/metrics", tags=["health"], include_in_schema=False)
+@ops_router.get("/metrics", tags=["health"], include_in_schema=False)
 async def metrics(rt: RuntimeDep) -> Response:
     """Prometheus text exposition."""
     if rt.service is not None:

@@ -95,7 +95,7 @@ def serve(settings: Settings | None = None) -> int:
         "k_configuration": settings.k_configuration})
     log.info("starting", extra={"settings": settings.masked()})
     settings.warn_shared_redis()
-    bundle = preload(settings)
+    bundle = preload(settings) if settings.role != "jobs" else None
     from online.app import create_app  # after preload: fastapi's import overlaps the load
 
     app = create_app(settings, bundle_future=bundle)

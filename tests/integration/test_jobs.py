@@ -3,6 +3,7 @@ the API on real uvicorn; CloudEvents built with the CloudEvents SDK."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -194,3 +195,34 @@ def test_bad_events_get_4xx_and_enqueue_nothing(jobs_api, jobs_redis, headers, b
     assert 400 <= response.status_code < 500, response.text
     assert response.json()["error"]["code"] == code
     assert job_count(jobs_redis.url) == 0
+
+
+def test_cli_submit_waits_and_downloads(jobs_api, worker, tmp_path: Path) -> None:
+    source = tmp_path / "reviews.csv"
+    source.write_text("id,text\n1,a delight from start to finish\n2,dull and far too long\n"
+                      "3,an instant classic\n")
+    out = tmp_path / "results.ndjson"
+    url = str(jobs_api.base_url).rstrip("/")
+    done = subprocess.run([sys.executable, "-m", "online.cli", "submit", str(source), "--wait",
+                           "--out", str(out), "--url", url], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "100%|" in done.stderr  # the progress bar ran to completion
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["index"] for r in rows] == [0, 1, 2]
+    assert [r["label"] for r in rows] == ["POSITIVE", "NEGATIVE", "POSITIVE"]
+
+
+def test_jobs_role_serves_jobs_without_a_model(live_server, jobs_redis, worker) -> None:
+    from common.metrics import Metrics
+    from common.settings import Settings
+    from online.app import create_app
+
+    app = create_app(Settings(role="jobs", redis_url=jobs_redis.url, access_log=False),
+                     metrics=Metrics())
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        assert client.get("/readyz").json()["status"] == "ready"
+        assert app.state.runtime.bundle is None
+        assert client.post("/v1/predict", json={"text": "x"}).status_code == 404
+        job_id = client.post("/v1/jobs", json={"texts": ["loved it"]}).json()["id"]
+        assert wait_done(client, job_id)["done"] == 1
