@@ -39,7 +39,8 @@ lint: install
 	$(BIN)/mypy
 
 bench: model  ## benchmarks: ratios measured in one run, written to bench-results/
-	$(BIN)/python -m loadtest.bench_online $(BENCH_ARGS)
+	$(BIN)/python -m loadtest.bench_online
+	$(BIN)/python -m loadtest.bench_jobs
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info

@@ -45,7 +45,8 @@ class Server:
 
 
 @contextmanager
-def server(env: dict[str, str], log: Path, command: str = "serve") -> Iterator[Server]:
+def server(env: dict[str, str], log: Path, command: str = "serve",
+           probe: str = "/v1/predict") -> Iterator[Server]:
     """A `surgeserve serve` process; cold start timed from exec to the first 200 prediction."""
     port = free_port()
     full_env = os.environ | {"PORT": str(port), "SURGE_ACCESS_LOG": "false",
@@ -56,7 +57,7 @@ def server(env: dict[str, str], log: Path, command: str = "serve") -> Iterator[S
                                    stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        cold = asyncio.run(_first_prediction(url, process, started))
+        cold = asyncio.run(_first_ok(url, process, started, probe))
         yield Server(url, process, cold)
     finally:
         process.terminate()
@@ -66,13 +67,15 @@ def server(env: dict[str, str], log: Path, command: str = "serve") -> Iterator[S
             process.kill()
 
 
-async def _first_prediction(url: str, process: subprocess.Popen[bytes], started: float) -> float:
+async def _first_ok(url: str, process: subprocess.Popen[bytes], started: float,
+                    probe: str) -> float:
     conn = Connection(url)
     while time.perf_counter() - started < 120:
         if process.poll() is not None:
             raise RuntimeError("server exited during startup; see the bench log")
         try:
-            reply = await conn.post_json("/v1/predict", {"text": "cold start probe"})
+            reply = await (conn.post_json(probe, {"text": "cold start probe"})
+                           if probe == "/v1/predict" else conn.get(probe))
             if reply.status == 200:
                 await conn.close()
                 return time.perf_counter() - started

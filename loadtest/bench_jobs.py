@@ -1,0 +1,126 @@
+"""`make bench` (jobs part): one worker, a job of N distinct snippets, over HTTP.
+
+  job items/s / raw in-process batched model throughput (raw measured just before and just
+  after the job, averaged: this machine's speed drifts)
+  time from submit to the first result page
+  jobs-Redis memory per result (and per submitted text, texts included)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from common.corpus import snippets
+from common.redis_server import RedisServer
+from loadtest.bench_online import raw_throughput, server
+
+
+def _wait(client: httpx.Client, job_id: str, first_page: list[float], started: float,
+          timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if not first_page and job["done"] > 0:
+            page = client.get(f"/v1/jobs/{job_id}/results?limit=100").json()
+            if page["results"]:
+                first_page.append(time.perf_counter() - started)
+        if job["status"] in ("succeeded", "failed", "cancelled"):
+            return dict(job)
+        time.sleep(0.1)
+    raise TimeoutError(f"job {job_id} did not finish in {timeout} s")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """The jobs measurements, in one run."""
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    texts = snippets(args.texts)
+    jobs = RedisServer("jobs", out / "redis-jobs").start()
+    cache = RedisServer("cache", out / "redis-cache").start()
+    env = {"SURGE_REDIS_URL": jobs.url, "SURGE_CACHE_URL": cache.url}
+    results: dict[str, Any] = {"texts": len(texts)}
+    log = (out / "bench-jobs-worker.log").open("ab")
+    worker = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"],
+                              env=os.environ | env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        print(f"raw model, before: {args.raw_texts} texts ...", flush=True)
+        raw_before = raw_throughput(args.raw_texts, 32, {})["texts_per_s"]
+        with server(env | {"SURGE_ROLE": "jobs"}, out / "bench-servers.log",
+                    probe="/readyz") as api, httpx.Client(base_url=api.url, timeout=60) as c:
+            warm = c.post("/v1/jobs", json={"texts": ["warm the worker up"]}).json()
+            _wait(c, warm["id"], [], time.perf_counter(), 120)
+            store = redis.Redis.from_url(jobs.url)
+            memory_before = int(store.info("memory")["used_memory"])
+            print(f"job of {len(texts)} texts, one worker ...", flush=True)
+            started = time.perf_counter()
+            job_id = c.post("/v1/jobs", json={"texts": texts}).json()["id"]
+            first_page: list[float] = []
+            job = _wait(c, job_id, first_page, started, 3600)
+            seconds = time.perf_counter() - started
+            memory_after = int(store.info("memory")["used_memory"])
+            results_bytes = int(store.memory_usage(f"surge:job:{job_id}:results") or 0)
+        print(f"raw model, after: {args.raw_texts} texts ...", flush=True)
+        raw_after = raw_throughput(args.raw_texts, 32, {})["texts_per_s"]
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+        log.close()
+        jobs.stop()
+        cache.stop()
+    raw = (raw_before + raw_after) / 2
+    results |= {
+        "status": job["status"], "done": job["done"], "seconds": round(seconds, 2),
+        "items_per_s": round(len(texts) / seconds, 1),
+        "raw_texts_per_s": {"before": raw_before, "after": raw_after},
+        "job_over_raw": round(len(texts) / seconds / raw, 3),
+        "first_page_s": round(first_page[0], 2) if first_page else None,
+        "bytes_per_result": round(results_bytes / len(texts), 1),
+        "bytes_per_item_total": round((memory_after - memory_before) / len(texts), 1),
+    }
+    return results
+
+
+def report(r: dict[str, Any]) -> str:
+    """The Markdown table README shows."""
+    rows = [
+        ("job items/s / raw batched model throughput", f"{r['job_over_raw']:.3f}", ">= 0.85",
+         f"{r['items_per_s']} vs {r['raw_texts_per_s']} texts/s, {r['texts']} texts, "
+         f"one worker"),
+        ("time to first result page", f"{r['first_page_s']} s", "", "submit → 100 results"),
+        ("jobs-Redis bytes per result", f"{r['bytes_per_result']}", "",
+         "the results hash (MEMORY USAGE)"),
+        ("jobs-Redis bytes per submitted text", f"{r['bytes_per_item_total']}", "",
+         "used_memory delta: text + result + bookkeeping"),
+    ]
+    lines = ["| measure | value | goal | detail |", "|---|---|---|---|"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: `python -m loadtest.bench_jobs`."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=20_000)
+    parser.add_argument("--raw-texts", type=int, default=4000)
+    parser.add_argument("--out", default="bench-results")
+    args = parser.parse_args(argv)
+    results = run(args)
+    table = report(results)
+    Path(args.out, "jobs.json").write_text(json.dumps(results, indent=2) + "\n")
+    Path(args.out, "jobs.md").write_text(table + "\n")
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
