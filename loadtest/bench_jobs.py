@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     jobs = RedisServer("jobs", out / "redis-jobs").start()
     cache = RedisServer("cache", out / "redis-cache").start()
     env = {"SURGE_REDIS_URL": jobs.url, "SURGE_CACHE_URL": cache.url}
-    results: dict[str, Any] = {"texts": len(texts)}
+    # The corpus has 12,752 distinct snippets: a larger request uses them all.
+    results: dict[str, Any] = {"texts": len(texts), "texts_requested": args.texts}
     log = (out / "bench-jobs-worker.log").open("ab")
     worker = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"],
                               env=os.environ | env, stdout=log, stderr=subprocess.STDOUT)
@@ -94,8 +95,9 @@ def report(r: dict[str, Any]) -> str:
     """The Markdown table README shows."""
     rows = [
         ("job items/s / raw batched model throughput", f"{r['job_over_raw']:.3f}", ">= 0.85",
-         f"{r['items_per_s']} vs {r['raw_texts_per_s']} texts/s, {r['texts']} texts, "
-         f"one worker"),
+         f"{r['items_per_s']} vs {r['raw_texts_per_s']['before']} / "
+         f"{r['raw_texts_per_s']['after']} texts/s (raw before / after); {r['texts']} distinct "
+         f"texts, one worker"),
         ("time to first result page", f"{r['first_page_s']} s", "", "submit → 100 results"),
         ("jobs-Redis bytes per result", f"{r['bytes_per_result']}", "",
          "the results hash (MEMORY USAGE)"),
