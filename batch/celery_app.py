@@ -56,15 +56,23 @@ def run_chunk(task: Any, job_id: str, chunk: int) -> dict[str, Any]:
     """Thin task: ids in, one runner call. Transient Redis errors retry with backoff."""
     import redis
 
-    runner = _worker_runner(task.app.conf.surge_settings)
+    from batch.events import emit_job_ended
+
+    settings = task.app.conf.surge_settings
+    runner = _worker_runner(settings)
     try:
         outcome = runner.run(job_id, chunk)
-    except redis.ConnectionError as exc:
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
         raise ConnectionError(str(exc)) from exc  # autoretry: the jobs Redis may be restarting
+    except Exception as exc:
+        # Not transient (the model failed on this chunk): retrying would fail the same way.
+        # End the job as failed, tell K_SINK, and let Celery record the task failure.
+        log.exception("chunk failed", extra={"job": job_id, "chunk": chunk})
+        if runner.store.fail(job_id, f"chunk {chunk}: {type(exc).__name__}"):
+            emit_job_ended(settings, runner.store, job_id)
+        raise
     if outcome.finished_job:
-        from batch.events import emit_job_ended
-
-        emit_job_ended(task.app.conf.surge_settings, runner.store, job_id)
+        emit_job_ended(settings, runner.store, job_id)
     return {"job": job_id, "chunk": chunk, "computed": outcome.computed,
             "cached": outcome.cached, "skipped": outcome.skipped}
 

@@ -226,3 +226,13 @@ def test_jobs_role_serves_jobs_without_a_model(live_server, jobs_redis, worker) 
         assert client.post("/v1/predict", json={"text": "x"}).status_code == 404
         job_id = client.post("/v1/jobs", json={"texts": ["loved it"]}).json()["id"]
         assert wait_done(client, job_id)["done"] == 1
+
+
+def test_job_size_limits(make_app, live_server, jobs_redis) -> None:
+    app = make_app(redis_url=jobs_redis.url, job_max_items=3, job_max_bytes=2048)
+    with live_server(app) as srv, httpx.Client(base_url=srv.url) as client:
+        many = client.post("/v1/jobs", json={"texts": ["a", "b", "c", "d"]})
+        big = client.post("/v1/jobs", json={"texts": ["x" * 3000]})
+    assert many.status_code == 422 and many.json()["error"]["code"] == "too_many_items"
+    assert big.status_code == 413 and big.json()["error"]["code"] == "payload_too_large"
+    assert job_count(jobs_redis.url) == 0
