@@ -65,8 +65,11 @@ class RedisServer:
         args = [redis_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                 "--dir", str(self.data_dir), "--protected-mode", "yes",
                 "--logfile", str(self.data_dir / "redis.log"), *ROLE_ARGS[self.role]]
+        # Own session: a terminal's Ctrl-C must not stop Redis before the API and workers
+        # that still write to it have drained; the owner stops it last.
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                        start_new_session=True)
         self._wait_ready(timeout_s)
         return self
 

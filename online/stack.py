@@ -37,8 +37,12 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
         "PORT": str(port), "SURGE_CACHE_URL": cache.url, "SURGE_REDIS_URL": jobs.url,
         "SURGE_MODEL_DIR": str(model_dir), "SURGE_LOG_JSON": os.environ.get("SURGE_LOG_JSON",
                                                                            "false")}
-    api = subprocess.Popen([sys.executable, "-m", "online.cli", "serve"], env=env)
-    worker = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"], env=env)
+    # Own sessions: Ctrl-C reaches only this process, which sends each child one SIGTERM (a
+    # second signal would cut the API's graceful drain short).
+    api = subprocess.Popen([sys.executable, "-m", "online.cli", "serve"], env=env,
+                           start_new_session=True)
+    worker = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"], env=env,
+                              start_new_session=True)
     stopping = False
 
     def stop(*_: object) -> None:
