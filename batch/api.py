@@ -37,8 +37,11 @@ def _view(job: dict[str, Any]) -> dict[str, Any]:
     base = f"/v1/jobs/{job['id']}"
     keep = ("id", "status", "total", "done", "chunks", "model", "version", "created_at",
             "started_at", "finished_at", "error")
-    return {k: job.get(k) for k in keep} | {"links": {"self": base,
-                                                       "results": f"{base}/results"}}
+    # Items fail with their chunk (inputs are validated before a job exists): when a job
+    # fails, the items without a result are its failed items.
+    failed = job["total"] - job["done"] if job.get("status") == "failed" else 0
+    return {k: job.get(k) for k in keep} | {"failed": failed, "links": {
+        "self": base, "results": f"{base}/results"}}
 
 
 def _texts_from_body(content_type: str, body: bytes) -> list[str]:

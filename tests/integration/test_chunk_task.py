@@ -40,6 +40,9 @@ def test_a_failing_chunk_fails_the_job_once(tmp_path: Path,
             celery_app.run_chunk(task, job["id"], 0)
         failed = store.get(job["id"])
         assert failed["status"] == "failed" and failed["error"] == "chunk 0: RuntimeError"
+        from batch.api import _view
+
+        assert _view(failed)["failed"] == 3  # no item got a result
         assert "weights on fire" not in failed["error"]  # the cause is logged, not stored
         # A later chunk of the failed job is skipped, not run.
         assert celery_app.run_chunk(task, job["id"], 1)["skipped"] is True

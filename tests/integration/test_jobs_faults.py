@@ -46,6 +46,12 @@ def test_jobs_redis_restart_keeps_a_queued_job(jobs_api, jobs_redis, start_worke
     jobs_redis.stop()  # SIGTERM: AOF is flushed; the queue and the job record must survive
     down = jobs_api.get(f"/v1/jobs/{job_id}")
     assert down.status_code == 503 and down.json()["error"]["code"] == "jobs_unavailable"
+    event = {"specversion": "1.0", "type": "dev.surgeserve.bulk.requested", "source": "/t",
+             "id": "while-down", "data": {"texts": ["x"]}}
+    refused = jobs_api.post("/events", json=event,
+                            headers={"content-type": "application/cloudevents+json"})
+    assert refused.status_code == 503  # the broker retries it later
+    assert refused.headers["retry-after"] == "1"
     jobs_redis.start()
     start_worker()
     job = wait_done(jobs_api, job_id, timeout=120)
