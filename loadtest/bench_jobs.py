@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -23,6 +22,7 @@ import redis
 from common.corpus import snippets
 from common.redis_server import RedisServer
 from loadtest.bench_online import raw_throughput, server
+from loadtest.report import markdown_table, write_report
 
 
 def _wait(client: httpx.Client, job_id: str, first_page: list[float], started: float,
@@ -104,8 +104,7 @@ def report(r: dict[str, Any]) -> str:
         ("jobs-Redis bytes per submitted text", f"{r['bytes_per_item_total']}", "",
          "used_memory delta: text + result + bookkeeping"),
     ]
-    lines = ["| measure | value | goal | detail |", "|---|---|---|---|"]
-    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+    return markdown_table(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -117,10 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args(argv)
     results = run(args)
-    table = report(results)
-    Path(args.out, "jobs.json").write_text(json.dumps(results, indent=2) + "\n")
-    Path(args.out, "jobs.md").write_text(table + "\n")
-    print("\n" + table)
+    write_report(args.out, "jobs", results, report(results))
     return 0
 
 

@@ -28,6 +28,7 @@ from typing import Any
 from common.corpus import snippets
 from common.redis_server import RedisServer, free_port
 from loadtest.client import Connection
+from loadtest.report import markdown_table, write_report
 
 
 @dataclass
@@ -281,9 +282,7 @@ def report(results: dict[str, Any]) -> str:
          f"{r['cold_start_eager_s']} s, same run"),
         ("RSS after load", f"{r['rss_mb']} MB", "<= 500 MB", ""),
     ]
-    lines = ["| measure | value | goal | detail |", "|---|---|---|---|"]
-    lines += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows]
-    return "\n".join(lines)
+    return markdown_table(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,10 +299,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args(argv)
     results = run(args)
-    table = report(results)
-    Path(args.out, "online.json").write_text(json.dumps(results, indent=2) + "\n")
-    Path(args.out, "online.md").write_text(table + "\n")
-    print("\n" + table)
+    write_report(args.out, "online", results, report(results))
     return 0
 
 

@@ -1,0 +1,23 @@
+"""Benchmark reports: a Markdown table and JSON + Markdown files, the same for every benchmark."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+Row = tuple[str, str, str, str]  # measure, value, goal, detail
+
+
+def markdown_table(rows: Iterable[Row]) -> str:
+    """The README's table format."""
+    lines = ["| measure | value | goal | detail |", "|---|---|---|---|"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+
+
+def write_report(out: str | Path, name: str, results: dict[str, Any], table: str) -> None:
+    """`<out>/<name>.json` (every figure) and `<out>/<name>.md` (the table); prints the table."""
+    Path(out, f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    Path(out, f"{name}.md").write_text(table + "\n")
+    print("\n" + table)
