@@ -33,7 +33,10 @@ def test_sigterm_drains_in_flight_requests(default_model_dir: Path, tmp_path: Pa
     port = free_port()
     env = os.environ | {"PORT": str(port), "SURGE_MODEL_DIR": str(default_model_dir),
                         "SURGE_CACHE": "off", "SURGE_MAX_BATCH_SIZE": "1",
-                        "SURGE_TORCH_THREADS": "1", "SURGE_DRAIN_DELAY_S": "1",
+                        # One worker, one thread, 512-token texts: 32 requests take seconds,
+                        # so they are surely in flight when SIGTERM lands.
+                        "SURGE_MODEL_WORKERS": "1", "SURGE_TORCH_THREADS": "1",
+                        "SURGE_MAX_TOKENS": "512", "SURGE_DRAIN_DELAY_S": "1",
                         "SURGE_SHUTDOWN_GRACE_S": "30", "SURGE_ACCESS_LOG": "false"}
     log = (tmp_path / "server.log").open("wb")
     server = subprocess.Popen([sys.executable, "-m", "online.cli", "serve"], env=env,
@@ -41,7 +44,7 @@ def test_sigterm_drains_in_flight_requests(default_model_dir: Path, tmp_path: Pa
     url = f"http://127.0.0.1:{port}"
     try:
         wait_ready(url, server)
-        long_text = "an ambitious, sprawling and sometimes baffling epic " * 12
+        long_text = "an ambitious, sprawling and sometimes baffling epic " * 80
 
         def call(i: int) -> int:
             with httpx.Client(timeout=60) as client:
