@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from batch import events
 from batch.service import JobService
 from common.errors import InvalidInput, NotReady, UnsupportedMediaType
-from common.schemas import ErrorResponse
+from common.schemas import ErrorResponse, media_type
 
 NDJSON = "application/x-ndjson"
 
@@ -73,7 +73,7 @@ def _texts_from_body(content_type: str, body: bytes) -> list[str]:
 @router.post("/v1/jobs", status_code=202, responses=_errors(413, 415, 422, 503))
 async def submit_job(request: Request, jobs: Jobs) -> Response:
     """Submit a bulk job: JSON `{"texts": [...]}` or NDJSON (one text per line)."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request.headers.get("content-type"))
     if ctype not in ("application/json", NDJSON):
         raise UnsupportedMediaType(f"send application/json or {NDJSON}", {"content_type": ctype})
     try:

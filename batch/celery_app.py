@@ -96,8 +96,7 @@ def run_worker(settings: Settings | None = None) -> int:
     from common.logs import setup_logging
 
     settings = settings or Settings()
-    setup_logging(settings.log_level, json_lines=settings.log_json,
-                  static={"k_service": settings.k_service, "k_revision": settings.k_revision})
+    setup_logging(settings)
     app = create_celery(settings)
     _worker_runner(settings)  # load before taking work: the first chunk is not slower
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", settings.job_queue,

@@ -20,6 +20,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from batch.store import JobStore
 from common.errors import InvalidInput, UnsupportedMediaType
+from common.schemas import media_type
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -40,7 +41,7 @@ def parse(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
     """The CloudEvent in a request (binary or structured mode) and whether it was binary."""
     lowered = {k.lower(): v for k, v in headers.items()}
     binary = any(k.startswith("ce-") for k in lowered)
-    ctype = lowered.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(lowered.get("content-type"))
     if not binary and ctype != "application/cloudevents+json":
         raise UnsupportedMediaType("send a CloudEvent: binary mode (ce-* headers) or "
                                    "structured mode (application/cloudevents+json)",

@@ -9,14 +9,13 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from batch.store import CANCELLED, FINAL, JobStore
 from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache, RedisTier
 from common.metrics import Metrics
+from common.schemas import ranked_body
 from common.settings import Settings
-from common.textnorm import cache_key, normalise
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class ChunkRunner:
         texts = self.store.chunk_texts(job_id, chunk, job["chunk_size"])
         ranked, cached = asyncio.run(self._predict(texts))
         base = chunk * job["chunk_size"]
-        results = {base + i: _result(r) for i, r in enumerate(ranked)}
+        results = {base + i: ranked_body(r) for i, r in enumerate(ranked)}
         if self.store.status(job_id) == CANCELLED:  # cancelled while computing: keep nothing
             return ChunkOutcome(job_id, chunk, len(texts) - cached, cached, skipped=True)
         finished = self.store.write_chunk(job_id, chunk, results, job["chunks"])
@@ -63,10 +62,10 @@ class ChunkRunner:
     async def _predict(self, texts: list[str]) -> tuple[list[Ranked], int]:
         cache = self._cache()
         try:
-            keys = [cache_key(self.bundle.name, self.bundle.version,
-                              normalise(t, lowercase=self.bundle.lowercase)) for t in texts]
+            keyed = [self.bundle.keyed(t) for t in texts]
+            keys = [key for _, key in keyed]
             found = await cache.lookup(list(dict.fromkeys(keys))) if cache else {}
-            misses = {k: t for k, t in zip(keys, texts, strict=True) if k not in found}
+            misses = {key: text for text, key in keyed if key not in found}
             computed = await asyncio.to_thread(self._predict_parallel, list(misses.values()))
             fresh = dict(zip(misses, computed, strict=True))
             if cache is not None:
@@ -95,14 +94,6 @@ class ChunkRunner:
         return out
 
     def _cache(self) -> PredictionCache | None:
-        s = self.settings
-        if not s.cache_enabled or not s.cache_url:
-            return None
-        tier = RedisTier(s.cache_url, ttl_s=s.cache_ttl_s, timeout_s=s.cache_timeout_s,
-                         backoff_max_s=s.cache_backoff_max_s, metrics=self.metrics)
-        return PredictionCache(0, tier, self.metrics)
+        tier = RedisTier.from_settings(self.settings, self.metrics)
+        return PredictionCache(0, tier, self.metrics) if tier is not None else None
 
-
-def _result(ranked: Ranked) -> dict[str, Any]:
-    return {"label": ranked[0][0], "score": ranked[0][1],
-            "scores": [{"label": label, "score": score} for label, score in ranked]}

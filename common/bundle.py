@@ -21,6 +21,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from common.errors import ModelNotFound
+from common.textnorm import cache_key, normalise
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +78,12 @@ class ModelBundle:
             for row, i in zip(probs.tolist(), chunk, strict=True):
                 out[i] = _rank(self.labels, row)
         return out
+
+    def keyed(self, text: str) -> tuple[str, str]:
+        """The text as the model and the cache see it (normalised) and its cache key. Online
+        and batch paths both use this, so a result cached by one is valid for the other."""
+        normalised = normalise(text, lowercase=self.lowercase)
+        return normalised, cache_key(self.name, self.version, normalised)
 
     def info(self) -> dict[str, Any]:
         """What /v1/models and `surgeserve model info` show."""

@@ -11,6 +11,7 @@ from typing import Any
 from common.bundle import Ranked
 from common.lru import LRU
 from common.metrics import Metrics
+from common.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,15 @@ class RedisTier:
         self._backoff_s = 0.0
         self._retry_at = 0.0
         metrics.cache_up.set(1)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, metrics: Metrics) -> RedisTier | None:
+        """The cache tier the settings describe, or None (cache off, or no SURGE_CACHE_URL)."""
+        if not settings.cache_enabled or not settings.cache_url:
+            return None
+        return cls(settings.cache_url, ttl_s=settings.cache_ttl_s,
+                   timeout_s=settings.cache_timeout_s,
+                   backoff_max_s=settings.cache_backoff_max_s, metrics=metrics)
 
     @property
     def available(self) -> bool:

@@ -5,6 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 
+def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
+    """The one error shape every response uses."""
+    return {"error": {"code": code, "message": message, "detail": detail}}
+
+
 class SurgeError(Exception):
     """Base of every error a client may see; the body is {"error": {code, message, detail}}."""
 
@@ -19,7 +24,7 @@ class SurgeError(Exception):
 
     def body(self) -> dict[str, Any]:
         """The stable JSON error body."""
-        return {"error": {"code": self.code, "message": self.message, "detail": self.detail}}
+        return error_body(self.code, self.message, self.detail)
 
 
 class InvalidInput(SurgeError):

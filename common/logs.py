@@ -9,6 +9,8 @@ import sys
 import time
 from typing import Any
 
+from common.settings import Settings
+
 request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="")
 
 _STANDARD = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
@@ -40,15 +42,18 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def setup_logging(level: str, *, json_lines: bool, static: dict[str, str]) -> None:
-    """Configure the root logger once (called by the server entry point, not at import)."""
+def setup_logging(settings: Settings) -> None:
+    """Configure the root logger once (called by the server and worker entry points, not at
+    import); every JSON line carries the Knative service, revision and configuration."""
     handler = logging.StreamHandler(sys.stderr)
-    if json_lines:
-        handler.setFormatter(JsonFormatter(static))
+    if settings.log_json:
+        handler.setFormatter(JsonFormatter({"k_service": settings.k_service,
+                                            "k_revision": settings.k_revision,
+                                            "k_configuration": settings.k_configuration}))
     else:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level.upper())
+    root.setLevel(settings.log_level.upper())
     logging.getLogger("uvicorn.access").disabled = True  # we log requests ourselves
     logging.getLogger("torch").setLevel(logging.WARNING)  # cache stats at exit, etc.

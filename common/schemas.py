@@ -7,6 +7,17 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 
+def media_type(content_type: str | None) -> str:
+    """`application/json; charset=utf-8` -> `application/json` (lower case; "" when absent)."""
+    return (content_type or "").split(";")[0].strip().lower()
+
+
+def ranked_body(ranked: list[tuple[str, float]]) -> dict[str, Any]:
+    """`{label, score, scores}` for one ranked prediction: the shape every API returns."""
+    return {"label": ranked[0][0], "score": ranked[0][1],
+            "scores": [{"label": label, "score": score} for label, score in ranked]}
+
+
 class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     text: str = Field(description="Text to classify. Empty or whitespace-only is refused (422 "

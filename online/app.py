@@ -14,7 +14,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.bundle import ModelBundle
-from common.errors import SurgeError
+from common.errors import SurgeError, error_body
 from common.metrics import Metrics
 from common.settings import Settings
 from online.middleware import BodyLimitMiddleware, ObservabilityMiddleware
@@ -88,20 +88,18 @@ def _install_error_handlers(app: FastAPI) -> None:
         detail = [_clean(err) for err in exc.errors()]
         json_broken = any(err.get("type") == "json_invalid" for err in exc.errors())
         message = "body is not valid JSON" if json_broken else "request does not match the schema"
-        return JSONResponse({"error": {"code": "invalid_input", "message": message,
-                                       "detail": detail}}, status_code=422)
+        return JSONResponse(error_body("invalid_input", message, detail), status_code=422)
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         codes = {404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, "http_error")
-        return JSONResponse({"error": {"code": code, "message": str(exc.detail), "detail": None}},
-                            status_code=exc.status_code, headers=exc.headers)
+        return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
+                            headers=exc.headers)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return JSONResponse({"error": {"code": "internal", "message": "internal error",
-                                       "detail": None}}, status_code=500)
+        return JSONResponse(error_body("internal", "internal error"), status_code=500)
 
     app.add_exception_handler(SurgeError, on_surge_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)

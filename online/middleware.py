@@ -76,9 +76,7 @@ class BodyLimitMiddleware:
                      self.default_max)
         declared = _header(scope, b"content-length")
         if declared and declared.isdigit() and int(declared) > limit:
-            await _send_error(send, PayloadTooLarge(
-                f"request body is larger than {limit} bytes",
-                {"max_bytes": limit, "got": int(declared)}))
+            await _send_error(send, _too_large(limit, int(declared)))
             return
         if declared is not None or scope["method"] in ("GET", "HEAD"):
             await self.app(scope, receive, send)
@@ -95,8 +93,7 @@ class BodyLimitMiddleware:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _send_error(send, PayloadTooLarge(
-                    f"request body is larger than {limit} bytes", {"max_bytes": limit}))
+                await _send_error(send, _too_large(limit))
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
@@ -111,6 +108,11 @@ class BodyLimitMiddleware:
             return await receive()
 
         await self.app(scope, replay, send)
+
+
+def _too_large(limit: int, got: int | None = None) -> PayloadTooLarge:
+    detail = {"max_bytes": limit} | ({"got": got} if got is not None else {})
+    return PayloadTooLarge(f"request body is larger than {limit} bytes", detail)
 
 
 def _header(scope: Scope, name: bytes) -> str | None:

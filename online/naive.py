@@ -12,7 +12,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from common.bundle import ModelBundle
-from common.schemas import PredictRequest
+from common.schemas import PredictRequest, ranked_body
 from common.settings import Settings
 from common.training import load_configured_model
 
@@ -23,9 +23,7 @@ def create_naive_app(bundle: ModelBundle) -> FastAPI:
 
     @app.post("/v1/predict")
     def predict(body: PredictRequest) -> dict[str, Any]:
-        ranked = bundle.predict([body.text])[0]
-        return {"label": ranked[0][0], "score": ranked[0][1],
-                "scores": [{"label": k, "score": v} for k, v in ranked]}
+        return ranked_body(bundle.predict([body.text])[0])
 
     return app
 

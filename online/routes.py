@@ -17,6 +17,8 @@ from common.schemas import (
     PredictRequest,
     PredictResponse,
     Readiness,
+    media_type,
+    ranked_body,
 )
 from online.runtime import Runtime
 from online.service import Prediction
@@ -30,7 +32,7 @@ async def runtime(request: Request) -> Runtime:
 
 async def require_json(request: Request) -> None:
     """415 unless the body is declared JSON."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    ctype = media_type(request.headers.get("content-type"))
     if ctype != "application/json" and not ctype.endswith("+json"):
         raise UnsupportedMediaType("send the body as application/json",
                                    {"content_type": ctype or None})
@@ -41,9 +43,7 @@ def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
 
 
 def _item(p: Prediction) -> dict[str, Any]:
-    return {"label": p.label, "score": p.score,
-            "scores": [{"label": label, "score": score} for label, score in p.scores],
-            "cached": p.cached}
+    return ranked_body(p.scores) | {"cached": p.cached}
 
 
 RuntimeDep = Annotated[Runtime, Depends(runtime)]

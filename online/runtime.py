@@ -78,11 +78,7 @@ class Runtime:
         s, m = self.settings, self.metrics
         self.bundle = bundle
         if s.cache_enabled:
-            redis = None
-            if s.cache_url:
-                redis = RedisTier(s.cache_url, ttl_s=s.cache_ttl_s, timeout_s=s.cache_timeout_s,
-                                  backoff_max_s=s.cache_backoff_max_s, metrics=m)
-            self.cache = PredictionCache(s.lru_size, redis, m)
+            self.cache = PredictionCache(s.lru_size, RedisTier.from_settings(s, m), m)
 
         def run_batch(texts: list[str]) -> list[Ranked]:
             with m.forward_seconds.time():

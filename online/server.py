@@ -90,9 +90,7 @@ def serve(settings: Settings | None = None) -> int:
     """Run the API until a signal; exit 0 after a clean drain."""
     settings = settings or Settings()
     tune_malloc(settings.malloc_arenas, settings.mmap_threshold_bytes)
-    setup_logging(settings.log_level, json_lines=settings.log_json, static={
-        "k_service": settings.k_service, "k_revision": settings.k_revision,
-        "k_configuration": settings.k_configuration})
+    setup_logging(settings)
     log.info("starting", extra={"settings": settings.masked()})
     settings.warn_shared_redis()
     bundle = preload(settings) if settings.role != "jobs" else None

@@ -14,7 +14,6 @@ from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache
 from common.errors import DeadlineExceeded, EmptyText, TextTooLong, TooManyItems
 from common.metrics import Metrics
-from common.textnorm import cache_key, normalise
 from online.batcher import MicroBatcher
 
 
@@ -78,10 +77,9 @@ class PredictionService:
                 raise TextTooLong(
                     f"text is longer than {self.limits.max_text_chars} characters",
                     (where or {}) | {"max_chars": self.limits.max_text_chars, "got": len(raw)})
-            text = normalise(raw, lowercase=self.bundle.lowercase)
+            text, key = self.bundle.keyed(raw)
             if not text:
                 raise EmptyText("text is empty or only whitespace", where)
-            key = cache_key(self.bundle.name, self.bundle.version, text)
             keys.append(key)
             by_key.setdefault(key, text)
         return keys, by_key
