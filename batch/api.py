@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterator
 from typing import Annotated, Any
 
@@ -15,6 +16,7 @@ from common.errors import InvalidInput, NotReady, UnsupportedMediaType
 from common.schemas import ErrorResponse, media_type
 
 NDJSON = "application/x-ndjson"
+log = logging.getLogger(__name__)
 
 
 async def job_service(request: Request) -> JobService:
@@ -121,6 +123,17 @@ async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
     `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job."""
     event, binary = events.parse(dict(request.headers), await request.body())
     key = f"ce:{event.get_source()}:{event.get_id()}"
-    job, _ = await jobs.submit(events.texts_of(event), key)
+    job, _ = await jobs.submit(events.texts_of(event), key, source="cloudevent")
     message = events.reply(job, binary=binary)
     return Response(message.body, status_code=202, headers=message.headers)
+
+
+@router.post("/events/dead-letter", status_code=202, responses=_errors(400, 413, 415, 422, 503))
+async def dead_letter_sink(request: Request, jobs: Jobs) -> Response:
+    """The Trigger's dead-letter sink: any CloudEvent the Broker gave up delivering is kept
+    (newest 10,000, Redis list `surge:deadletter`), logged and counted; nothing is lost."""
+    event, _ = events.decode(dict(request.headers), await request.body())
+    record = events.dead_letter_record(event)
+    await jobs.dead_letter(record)
+    log.error("dead-lettered CloudEvent", extra={"event": record["attributes"]})
+    return Response(status_code=202)

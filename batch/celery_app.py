@@ -63,12 +63,15 @@ def run_chunk(task: Any, job_id: str, chunk: int) -> dict[str, Any]:
     try:
         outcome = runner.run(job_id, chunk)
     except (redis.ConnectionError, redis.TimeoutError) as exc:
+        runner.metrics.chunks.labels("retried").inc()
         raise ConnectionError(str(exc)) from exc  # autoretry: the jobs Redis may be restarting
     except Exception as exc:
         # Not transient (the model failed on this chunk): retrying would fail the same way.
         # End the job as failed, tell K_SINK, and let Celery record the task failure.
         log.exception("chunk failed", extra={"job": job_id, "chunk": chunk})
+        runner.metrics.chunks.labels("failed").inc()
         if runner.store.fail(job_id, f"chunk {chunk}: {type(exc).__name__}"):
+            runner.job_ended(job_id)
             emit_job_ended(settings, runner.store, job_id)
         raise
     if outcome.finished_job:
@@ -98,7 +101,16 @@ def run_worker(settings: Settings | None = None) -> int:
     settings = settings or Settings()
     setup_logging(settings)
     app = create_celery(settings)
-    _worker_runner(settings)  # load before taking work: the first chunk is not slower
+    runner = _worker_runner(settings)  # load before taking work: the first chunk is not slower
+    if settings.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(settings.worker_metrics_port, registry=runner.metrics.registry)
+            log.info("worker metrics on :%d/metrics", settings.worker_metrics_port)
+        except OSError as exc:  # chunks matter more than their metrics: keep working
+            log.error("worker metrics port %d unavailable: %s", settings.worker_metrics_port,
+                      exc)
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", settings.job_queue,
                      "--loglevel=INFO", "--without-gossip", "--without-mingle",
                      "--without-heartbeat"])

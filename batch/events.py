@@ -37,8 +37,8 @@ class UnknownEventType(InvalidInput):
     code = "unknown_event_type"
 
 
-def parse(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
-    """The CloudEvent in a request (binary or structured mode) and whether it was binary."""
+def decode(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
+    """Any CloudEvent 1.0 in a request (binary or structured mode) and whether it was binary."""
     lowered = {k.lower(): v for k, v in headers.items()}
     binary = any(k.startswith("ce-") for k in lowered)
     ctype = media_type(lowered.get("content-type"))
@@ -56,10 +56,26 @@ def parse(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
     if event.get_specversion() != "1.0":
         raise InvalidInput("unsupported CloudEvents specversion",
                            {"specversion": event.get_specversion(), "supported": ["1.0"]})
+    return event, binary
+
+
+def parse(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
+    """The bulk request CloudEvent in a request; any other type is refused."""
+    event, binary = decode(headers, body)
     if event.get_type() != BULK_REQUESTED:
         raise UnknownEventType("this sink accepts only " + BULK_REQUESTED,
                                {"type": event.get_type()})
     return event, binary
+
+
+def dead_letter_record(event: Any) -> dict[str, Any]:
+    """What to keep of an event the Broker gave up on: its attributes (with Knative's
+    knativeerror* extensions saying where and why delivery failed) and its data."""
+    data = event.get_data()
+    if isinstance(data, bytes):
+        data = data.decode("utf-8", "replace")
+    return {"attributes": {k: str(v) for k, v in event.get_attributes().items()},
+            "data": data, "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
 def texts_of(event: Any) -> list[str]:

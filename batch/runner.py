@@ -9,11 +9,12 @@ import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
 from batch.store import CANCELLED, FINAL, JobStore
 from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache, RedisTier
-from common.metrics import Metrics
+from common.metrics import WorkerMetrics
 from common.schemas import ranked_body
 from common.settings import Settings
 
@@ -35,15 +36,38 @@ class ChunkOutcome:
 class ChunkRunner:
     """Runs chunks for one loaded model. One per worker process (the model loads once)."""
 
-    def __init__(self, bundle: ModelBundle, store: JobStore, settings: Settings):
+    def __init__(self, bundle: ModelBundle, store: JobStore, settings: Settings,
+                 metrics: WorkerMetrics | None = None):
         self.bundle = bundle
         self.store = store
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = metrics or WorkerMetrics()
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="model")
 
     def run(self, job_id: str, chunk: int) -> ChunkOutcome:
         """Run one chunk; skipped when the job was cancelled, finished or expired."""
+        with self.metrics.chunk_seconds.time():
+            outcome = self._run(job_id, chunk)
+        m = self.metrics
+        m.chunks.labels("skipped" if outcome.skipped else "done").inc()
+        if not outcome.skipped:
+            m.items.labels("computed").inc(outcome.computed)
+            m.items.labels("cached").inc(outcome.cached)
+        if outcome.finished_job:
+            self.job_ended(job_id)
+        return outcome
+
+    def job_ended(self, job_id: str) -> None:
+        """Count a job this worker ended (its last chunk, or a failure) and its duration."""
+        job = self.store.get(job_id)
+        if job is None:
+            return
+        self.metrics.jobs_finished.labels(job["status"]).inc()
+        if job.get("finished_at") and job.get("created_at"):
+            took = _timestamp(job["finished_at"]) - _timestamp(job["created_at"])
+            self.metrics.job_seconds.observe(max(0.0, took))
+
+    def _run(self, job_id: str, chunk: int) -> ChunkOutcome:
         job = self.store.get(job_id)
         if job is None or job["status"] in FINAL:
             reason = "expired" if job is None else job["status"]
@@ -97,3 +121,8 @@ class ChunkRunner:
         tier = RedisTier.from_settings(self.settings, self.metrics)
         return PredictionCache(0, tier, self.metrics) if tier is not None else None
 
+
+
+def _timestamp(iso: str) -> float:
+    """Seconds since the epoch of a store timestamp (`2026-11-21T10:00:00Z`)."""
+    return datetime.fromisoformat(iso.replace("Z", "+00:00")).timestamp()

@@ -12,6 +12,7 @@ import redis
 from batch.celery_app import RUN_CHUNK
 from batch.store import JobStore
 from common.errors import EmptyText, InvalidInput, JobsUnavailable, TextTooLong, TooManyItems
+from common.metrics import Metrics
 from common.settings import Settings
 
 T = TypeVar("T")
@@ -20,10 +21,24 @@ T = TypeVar("T")
 class JobService:
     """Jobs on the jobs Redis; chunks go to Celery workers."""
 
-    def __init__(self, store: JobStore, celery: Any, settings: Settings):
+    def __init__(self, store: JobStore, celery: Any, settings: Settings,
+                 metrics: Metrics | None = None):
         self.store = store
         self.celery = celery
         self.settings = settings
+        self.metrics = metrics or Metrics()
+        # Scrapes read the queue length with a short timeout: a slow Redis must not stall
+        # /metrics (the answer is then NaN, not a stale number).
+        self._probe = redis.Redis.from_url(str(settings.redis_url), socket_timeout=0.5,
+                                           socket_connect_timeout=0.5)
+        self.metrics.watch_queue(self.queue_length)
+
+    def queue_length(self) -> float:
+        """Chunk messages waiting for a worker (the list KEDA scales the workers on)."""
+        try:
+            return float(self._probe.llen(self.settings.job_queue))
+        except redis.RedisError:
+            return float("nan")
 
     async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """Run a blocking store/broker call off the loop; Redis failures become 503."""
@@ -48,8 +63,8 @@ class JobService:
                 raise TextTooLong(f"text is longer than {s.max_text_chars} characters",
                                   {"index": index, "max_chars": s.max_text_chars})
 
-    async def submit(self, texts: list[str], idempotency_key: str | None = None,
-                     ) -> tuple[dict[str, Any], bool]:
+    async def submit(self, texts: list[str], idempotency_key: str | None = None, *,
+                     source: str = "http") -> tuple[dict[str, Any], bool]:
         """Store the job and enqueue its chunks; an idempotent replay returns the first job."""
         self.validate(texts)
         job, created = await self._call(
@@ -58,7 +73,13 @@ class JobService:
             idempotency_key=idempotency_key)
         if created:
             await self._call(self._enqueue, job["id"], job["chunks"])
+            self.metrics.jobs_submitted.labels(source).inc()
         return job, created
+
+    async def dead_letter(self, record: dict[str, Any]) -> None:
+        """Keep an event the Broker could not deliver, and count it."""
+        await self._call(self.store.add_dead_letter, record)
+        self.metrics.events_dead_lettered.labels(record["attributes"].get("type", "")).inc()
 
     def _enqueue(self, job_id: str, chunks: int) -> None:
         for chunk in range(chunks):

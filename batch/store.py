@@ -6,6 +6,8 @@ Layout, all under `surge:job:<id>` and expiring together after the retention tim
   <id>:results  hash index -> result JSON; writes are idempotent (a re-run overwrites)
   <id>:done     set of finished chunk numbers: exact progress, never double-counted
 Idempotency keys: `surge:idem:<hash>` -> job id, SET NX, same retention.
+Dead letters: `surge:deadletter`, a list of the newest DEAD_LETTER_KEEP events the Broker could
+not deliver (newest first), kept for an operator to inspect and replay.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from common.errors import NotFound
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINAL = {SUCCEEDED, FAILED, CANCELLED}
+DEAD_LETTERS = "surge:deadletter"
+DEAD_LETTER_KEEP = 10_000
 
 # The last chunk to finish flips the job to succeeded, exactly once (its caller emits the event).
 _FINISH = """
@@ -170,6 +174,17 @@ class JobStore:
         """Every stored result in index order (for streaming)."""
         for offset in range(0, total, page):
             yield from self.results(job_id, offset, min(page, total - offset))
+
+    def add_dead_letter(self, record: dict[str, Any]) -> None:
+        """Keep an undeliverable event (newest first, bounded)."""
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.lpush(DEAD_LETTERS, json.dumps(record, separators=(",", ":"), default=str))
+            pipe.ltrim(DEAD_LETTERS, 0, DEAD_LETTER_KEEP - 1)
+            pipe.execute()
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        """The newest undeliverable events."""
+        return [json.loads(r) for r in self.redis.lrange(DEAD_LETTERS, 0, limit - 1)]
 
 
 def _now() -> str:

@@ -10,7 +10,7 @@ from typing import Any
 
 from common.bundle import Ranked
 from common.lru import LRU
-from common.metrics import Metrics
+from common.metrics import CacheMetrics
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -20,7 +20,7 @@ class RedisTier:
     """The shared tier. On any Redis error it backs off (exponentially) instead of stalling."""
 
     def __init__(self, url: str, *, ttl_s: int, timeout_s: float, backoff_max_s: float,
-                 metrics: Metrics):
+                 metrics: CacheMetrics):
         import redis.asyncio as aioredis
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
@@ -41,7 +41,7 @@ class RedisTier:
         metrics.cache_up.set(1)
 
     @classmethod
-    def from_settings(cls, settings: Settings, metrics: Metrics) -> RedisTier | None:
+    def from_settings(cls, settings: Settings, metrics: CacheMetrics) -> RedisTier | None:
         """The cache tier the settings describe, or None (cache off, or no SURGE_CACHE_URL)."""
         if not settings.cache_enabled or not settings.cache_url:
             return None
@@ -122,7 +122,7 @@ def _decode(raw: Any) -> Ranked | None:
 class PredictionCache:
     """LRU first, then one Redis MGET for what the LRU missed; writes return at once."""
 
-    def __init__(self, lru_size: int, redis: RedisTier | None, metrics: Metrics):
+    def __init__(self, lru_size: int, redis: RedisTier | None, metrics: CacheMetrics):
         self.lru: LRU[Ranked] = LRU(lru_size)
         self.redis = redis
         self._metrics = metrics

@@ -1,28 +1,33 @@
-"""Every Prometheus metric, declared once with a fixed label set, on a per-app registry."""
+"""Every Prometheus metric, declared once with a fixed label set, on a per-app registry.
+
+Three processes export them: the API (`Metrics`: HTTP, batcher, cache, model, and the jobs
+API's counters), and the Celery worker (`WorkerMetrics`: cache and chunk/job metrics, served
+on SURGE_WORKER_METRICS_PORT). Dashboards and alert rules in grafana/ name only these (a test
+scrapes both processes and checks).
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # Latency buckets from 1 ms to 30 s: cache hits sit at the bottom, queued misses in the middle.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+# A chunk takes seconds; a whole job seconds to hours.
+CHUNK_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
 
 
-class Metrics:
-    """The metric families of one process. A fresh registry per app keeps tests independent."""
+class CacheMetrics:
+    """The cache's families: both the API and the worker look up and fill the cache."""
 
     def __init__(self, registry: CollectorRegistry | None = None):
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.requests = Counter(
-            "surge_requests_total", "HTTP requests by route template, method and status.",
-            ["route", "method", "status"], registry=r)
-        self.request_seconds = Histogram(
-            "surge_request_duration_seconds", "HTTP request duration by route template.",
-            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge(
-            "surge_requests_in_flight", "HTTP requests being served now.", registry=r)
         self.cache_lookups = Counter(
             "surge_cache_lookups_total",
             "Cache lookups by tier (lru, redis) and result (hit, miss).",
@@ -33,6 +38,22 @@ class Metrics:
         self.cache_up = Gauge(
             "surge_cache_up", "1 when the Redis cache tier is usable, 0 while backing off.",
             registry=r)
+
+
+class Metrics(CacheMetrics):
+    """The API process's families. A fresh registry per app keeps tests independent."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        super().__init__(registry)
+        r = self.registry
+        self.requests = Counter(
+            "surge_requests_total", "HTTP requests by route template, method and status.",
+            ["route", "method", "status"], registry=r)
+        self.request_seconds = Histogram(
+            "surge_request_duration_seconds", "HTTP request duration by route template.",
+            ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge(
+            "surge_requests_in_flight", "HTTP requests being served now.", registry=r)
         self.batch_size = Histogram(
             "surge_batch_size", "Items per model batch.", buckets=BATCH_BUCKETS, registry=r)
         self.queue_wait = Histogram(
@@ -57,3 +78,49 @@ class Metrics:
             "surge_model_load_seconds", "Seconds spent loading and warming the model.", registry=r)
         self.ready = Gauge(
             "surge_ready", "1 when /readyz answers 200.", registry=r)
+        # Jobs API (mounted when SURGE_REDIS_URL is set).
+        self.jobs_submitted = Counter(
+            "surge_jobs_submitted_total", "Jobs created, by how they came (http, cloudevent).",
+            ["source"], registry=r)
+        self.events_dead_lettered = Counter(
+            "surge_events_dead_lettered_total",
+            "CloudEvents the Broker gave up delivering, received on /events/dead-letter.",
+            ["type"], registry=r)
+
+    def watch_queue(self, length: Callable[[], float]) -> None:
+        """Export the jobs queue length, read (cheaply, bounded) at each scrape."""
+        self.registry.register(_QueueLength(length))
+
+
+class _QueueLength(Collector):
+    def __init__(self, length: Callable[[], float]):
+        self._length = length
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        yield GaugeMetricFamily(
+            "surge_job_queue_length",
+            "Chunk messages waiting in the jobs queue (NaN when the jobs Redis is unreachable).",
+            value=self._length())
+
+
+class WorkerMetrics(CacheMetrics):
+    """The Celery worker's families (served on SURGE_WORKER_METRICS_PORT)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None):
+        super().__init__(registry)
+        r = self.registry
+        self.chunks = Counter(
+            "surge_job_chunks_total", "Chunks handled by outcome (done, skipped, failed, retried).",
+            ["outcome"], registry=r)
+        self.items = Counter(
+            "surge_job_items_total", "Job items answered, by source (computed, cached).",
+            ["source"], registry=r)
+        self.chunk_seconds = Histogram(
+            "surge_job_chunk_seconds", "Wall time per chunk: read, predict, write.",
+            buckets=CHUNK_BUCKETS, registry=r)
+        self.jobs_finished = Counter(
+            "surge_jobs_finished_total", "Jobs that ended, by status (succeeded, failed).",
+            ["status"], registry=r)
+        self.job_seconds = Histogram(
+            "surge_job_duration_seconds", "Job time from submission to its last chunk.",
+            buckets=JOB_BUCKETS, registry=r)

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     chunk_time_limit_s: int = Field(360, ge=1)
     visibility_timeout_s: int = Field(3600, ge=2)
     chunk_max_retries: int = Field(5, ge=0)
+    # The worker's Prometheus endpoint (chunk, item and job metrics); 0 turns it off.
+    worker_metrics_port: int = Field(9091, ge=0, le=65535)
 
     # Shutdown: after SIGTERM, wait drain_delay_s with readiness at 503 (so the router stops
     # sending), then let in-flight requests finish for up to shutdown_grace_s.

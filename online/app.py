@@ -39,7 +39,7 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
         if settings.role != "jobs":
             await rt.start(bundle, bundle_future)
         if settings.redis_url:
-            app.state.jobs = _job_service(settings)
+            app.state.jobs = _job_service(settings, rt.metrics)
         yield
         await rt.stop()
 
@@ -62,13 +62,13 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
     return app
 
 
-def _job_service(settings: Settings) -> Any:
+def _job_service(settings: Settings, metrics: Metrics) -> Any:
     from batch.celery_app import create_celery
     from batch.service import JobService
     from batch.store import JobStore
 
     store = JobStore.from_url(str(settings.redis_url), ttl_s=settings.job_ttl_s)
-    return JobService(store, create_celery(settings), settings)
+    return JobService(store, create_celery(settings), settings, metrics)
 
 
 def _error_response(error: SurgeError) -> JSONResponse:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
@@ -106,7 +107,9 @@ async def readyz(rt: RuntimeDep) -> Response:
 
 @ops_router.get("/metrics", tags=["health"], include_in_schema=False)
 async def metrics(rt: RuntimeDep) -> Response:
-    """Prometheus text exposition."""
+    """Prometheus text exposition (rendered off the loop: the jobs queue length is read from
+    Redis at scrape time)."""
     if rt.service is not None:
         rt.metrics.queue_depth.set(rt.service.batcher.depth)
-    return Response(generate_latest(rt.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    body = await asyncio.to_thread(generate_latest, rt.metrics.registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -33,7 +33,9 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
     port = api_port or int(os.environ.get("PORT", "8080"))
     cache = RedisServer("cache", run_dir / "redis-cache", port=free_port()).start()
     jobs = RedisServer("jobs", run_dir / "redis-jobs", port=free_port()).start()
+    worker_metrics = free_port()
     env = os.environ | {
+        "SURGE_WORKER_METRICS_PORT": str(worker_metrics),
         "PORT": str(port), "SURGE_CACHE_URL": cache.url, "SURGE_REDIS_URL": jobs.url,
         "SURGE_MODEL_DIR": str(model_dir), "SURGE_LOG_JSON": os.environ.get("SURGE_LOG_JSON",
                                                                            "false")}
@@ -57,6 +59,7 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
 surgeserve is up
   API          {base}          (POST /v1/predict, /v1/bulk-predict, /v1/jobs, /events)
   worker       Celery, pid {worker.pid}, queue surgeserve.chunks
+               metrics http://127.0.0.1:{worker_metrics}/metrics
   docs         {base}/docs
   metrics      {base}/metrics
   readiness    {base}/readyz

@@ -41,6 +41,7 @@ def start_worker(jobs_redis, cache_redis, default_model_dir: Path, tmp_path: Pat
         full = os.environ | {"SURGE_REDIS_URL": jobs_redis.url,
                              "SURGE_CACHE_URL": cache_redis.url,
                              "SURGE_MODEL_DIR": str(default_model_dir),
+                             "SURGE_WORKER_METRICS_PORT": "0",
                              "SURGE_LOG_JSON": "false"} | env
         process = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"], env=full,
                                    stdout=log, stderr=subprocess.STDOUT)
