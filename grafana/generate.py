@@ -1,0 +1,205 @@
+"""Writes the Grafana dashboards in grafana/dashboards/ (`python grafana/generate.py`).
+
+The JSON files are committed (Grafana provisions them as they are); this script is their
+source, so every panel is a few readable lines. A test checks the committed files equal this
+script's output, that every metric they name is exported by the running services or is a
+Knative autoscaler metric (listed in EXTERNAL_METRICS), and that every query parses with
+promtool.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+DASHBOARDS = HERE / "dashboards"
+NS = 'namespace=~"$namespace"'
+RATE = "$__rate_interval"
+
+# Metrics the dashboards read that surgeserve does not export: the Knative autoscaler's
+# (OpenCensus names, Knative Serving up to 1.19; 1.20+ renames them kn_revision_*).
+EXTERNAL_METRICS = {
+    "autoscaler_desired_pods": "Knative autoscaler: pods it wants",
+    "autoscaler_actual_pods": "Knative autoscaler: pods allocated",
+    "autoscaler_not_ready_pods": "Knative autoscaler: pods not ready yet",
+    "autoscaler_target_concurrency_per_pod": "Knative autoscaler: target in flight per pod",
+    "autoscaler_stable_request_concurrency": "Knative autoscaler: observed, stable window",
+    "autoscaler_panic_request_concurrency": "Knative autoscaler: observed, panic window",
+    "autoscaler_panic_mode": "Knative autoscaler: 1 in panic mode",
+}
+
+
+def quantiles(metric: str, selector: str, by: str = "", qs: tuple[float, ...] = (
+        0.5, 0.9, 0.95, 0.99)) -> list[dict[str, str]]:
+    """One target per quantile of a histogram."""
+    group = f"le, {by}" if by else "le"
+    suffix = f" {{{{{by}}}}}" if by else ""
+    return [{"expr": f"histogram_quantile({q}, sum by ({group}) "
+                     f"(rate({metric}_bucket{{{selector}}}[{RATE}])))",
+             "legendFormat": f"p{round(q * 100)}{suffix}"} for q in qs]
+
+
+def panel(title: str, targets: list[dict[str, str]], unit: str, description: str = "",
+          kind: str = "timeseries") -> dict[str, Any]:
+    """A panel (grid position is filled in by `layout`)."""
+    return {"type": kind, "title": title, "description": description,
+            "datasource": {"type": "prometheus", "uid": "${datasource}"},
+            "fieldConfig": {"defaults": {"unit": unit}, "overrides": []},
+            "options": {"legend": {"displayMode": "list", "placement": "bottom"}},
+            "targets": [t | {"refId": chr(ord("A") + i),
+                             "datasource": {"type": "prometheus", "uid": "${datasource}"}}
+                        for i, t in enumerate(targets)]}
+
+
+def layout(panels: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Two panels per row, 8 units high."""
+    for i, p in enumerate(panels):
+        p["id"] = i + 1
+        p["gridPos"] = {"x": (i % 2) * 12, "y": (i // 2) * 8, "w": 12, "h": 8}
+    return panels
+
+
+def dashboard(uid: str, title: str, panels: list[dict[str, Any]]) -> dict[str, Any]:
+    """A dashboard with a data source and a namespace picker."""
+    return {
+        "uid": uid, "title": title, "tags": ["surgeserve"], "timezone": "browser",
+        "schemaVersion": 39, "version": 1, "refresh": "30s",
+        "time": {"from": "now-3h", "to": "now"},
+        "templating": {"list": [
+            {"name": "datasource", "type": "datasource", "query": "prometheus",
+             "label": "Data source"},
+            {"name": "namespace", "type": "query", "label": "Namespace",
+             "datasource": {"type": "prometheus", "uid": "${datasource}"},
+             "query": {"query": "label_values(surge_model_info, namespace)", "refId": "ns"},
+             "definition": "label_values(surge_model_info, namespace)",
+             "includeAll": True, "multi": True, "allValue": ".*", "refresh": 2},
+        ]},
+        "panels": layout(panels),
+    }
+
+
+def online() -> dict[str, Any]:
+    """The predictor: traffic, latency, cache, batching, autoscaling, drift."""
+    pred = f'{NS}, component="predictor"'
+    knative = 'namespace_name=~"$namespace", service_name="predictor"'
+    return dashboard("surgeserve-online", "surgeserve / online predictor", [
+        panel("Requests by route and status", [
+            {"expr": f"sum by (route, status) (rate(surge_requests_total{{{pred}}}[{RATE}]))",
+             "legendFormat": "{{route}} {{status}}"}], "reqps"),
+        panel("/v1/predict latency", quantiles(
+            "surge_request_duration_seconds", f'{pred}, route="/v1/predict"'), "s",
+            "Server-side, from the first byte in to the last byte out."),
+        panel("Error ratio", [
+            {"expr": f'sum(rate(surge_requests_total{{{pred}, status=~"5.."}}[{RATE}])) / '
+                     f"sum(rate(surge_requests_total{{{pred}}}[{RATE}]))",
+             "legendFormat": "5xx"},
+            {"expr": f'sum(rate(surge_requests_total{{{pred}, status=~"4.."}}[{RATE}])) / '
+                     f"sum(rate(surge_requests_total{{{pred}}}[{RATE}]))",
+             "legendFormat": "4xx"}], "percentunit"),
+        panel("Cache hit ratio by tier", [
+            {"expr": f'sum by (tier) (rate(surge_cache_lookups_total{{{pred}, result="hit"}}'
+                     f"[{RATE}])) / sum by (tier) (rate(surge_cache_lookups_total{{{pred}}}"
+                     f"[{RATE}]))", "legendFormat": "{{tier}}"},
+            {"expr": f'sum(rate(surge_cache_lookups_total{{{pred}, result="hit"}}[{RATE}])) / '
+                     f'sum(rate(surge_cache_lookups_total{{{pred}, tier="lru"}}[{RATE}]))',
+             "legendFormat": "overall"}], "percentunit",
+            "The LRU sees every lookup, Redis only the LRU's misses."),
+        panel("Batch size", [
+            *quantiles("surge_batch_size", pred, qs=(0.5, 0.9)),
+            {"expr": f"sum(rate(surge_batch_size_sum{{{pred}}}[{RATE}])) / "
+                     f"sum(rate(surge_batch_size_count{{{pred}}}[{RATE}]))",
+             "legendFormat": "mean"}], "short"),
+        panel("Queue wait", quantiles("surge_queue_wait_seconds", pred, qs=(0.5, 0.9, 0.99)),
+              "s", "Time an item waited for a model thread."),
+        panel("Forward pass", quantiles("surge_forward_seconds", pred, qs=(0.5, 0.9, 0.99)),
+              "s", "Tokenise + forward + softmax, per batch."),
+        panel("In flight per pod vs the Knative target", [
+            {"expr": f"avg(surge_requests_in_flight{{{pred}}})",
+             "legendFormat": "in flight per pod (surgeserve)"},
+            {"expr": f"max(autoscaler_stable_request_concurrency{{{knative}}})",
+             "legendFormat": "observed, stable window (autoscaler)"},
+            {"expr": f"max(autoscaler_target_concurrency_per_pod{{{knative}}})",
+             "legendFormat": "target per pod"}], "short"),
+        panel("Pods: desired vs ready", [
+            {"expr": f"sum(autoscaler_desired_pods{{{knative}}})", "legendFormat": "desired"},
+            {"expr": f"sum(autoscaler_actual_pods{{{knative}}}) - "
+                     f"sum(autoscaler_not_ready_pods{{{knative}}})",
+             "legendFormat": "ready (autoscaler)"},
+            {"expr": f"count(surge_ready{{{pred}}} == 1)",
+             "legendFormat": "ready (surgeserve /readyz)"},
+            {"expr": f"max(autoscaler_panic_mode{{{knative}}})", "legendFormat": "panic"}],
+            "short"),
+        panel("Rejected (overload, deadline)", [
+            {"expr": f"sum by (reason) (rate(surge_rejected_total{{{pred}}}[{RATE}]))",
+             "legendFormat": "{{reason}}"},
+            {"expr": f"sum(surge_queue_depth{{{pred}}})", "legendFormat": "queued items"}],
+            "short"),
+        panel("Predictions by label", [
+            {"expr": f"sum by (model, label) (rate(surge_predictions_total{{{pred}}}[{RATE}]))",
+             "legendFormat": "{{model}} {{label}}"}], "short",
+            "A shift in the label mix is the first sign of drift."),
+        panel("Cache Redis", [
+            {"expr": f"min(surge_cache_up{{{pred}}})", "legendFormat": "up (min over pods)"},
+            {"expr": f"sum by (operation) (rate(surge_cache_errors_total{{{pred}}}[{RATE}]))",
+             "legendFormat": "errors {{operation}}"}], "short"),
+        panel("Model versions and load time", [
+            {"expr": f"count by (version, k_revision) (surge_model_info{{{pred}}})",
+             "legendFormat": "{{version}} {{k_revision}}"},
+            {"expr": f"max(surge_model_load_seconds{{{pred}}})",
+             "legendFormat": "load seconds (max)"}], "short"),
+    ])
+
+
+def jobs() -> dict[str, Any]:
+    """Bulk jobs: throughput, queue, durations, failures, dead letters."""
+    worker = f'{NS}, component="worker"'
+    api = f'{NS}, component="jobs"'
+    return dashboard("surgeserve-jobs", "surgeserve / bulk jobs", [
+        panel("Job throughput (items/s)", [
+            {"expr": f"sum by (source) (rate(surge_job_items_total{{{worker}}}[{RATE}]))",
+             "legendFormat": "{{source}}"}], "short"),
+        panel("Queue depth (chunks waiting)", [
+            {"expr": f"max(surge_job_queue_length{{{api}}})", "legendFormat": "chunks"}],
+            "short", "The list KEDA scales the workers on."),
+        panel("Job duration", quantiles("surge_job_duration_seconds", worker,
+                                        qs=(0.5, 0.9, 0.99)), "s",
+              "Submission to the last chunk."),
+        panel("Chunk time", quantiles("surge_job_chunk_seconds", worker, qs=(0.5, 0.9, 0.99)),
+              "s"),
+        panel("Chunks by outcome", [
+            {"expr": f"sum by (outcome) (rate(surge_job_chunks_total{{{worker}}}[{RATE}]))",
+             "legendFormat": "{{outcome}}"}], "short"),
+        panel("Jobs submitted and finished", [
+            {"expr": f"sum by (source) (rate(surge_jobs_submitted_total{{{api}}}[{RATE}]))",
+             "legendFormat": "submitted {{source}}"},
+            {"expr": f"sum by (status) (rate(surge_jobs_finished_total{{{worker}}}[{RATE}]))",
+             "legendFormat": "finished {{status}}"}], "short"),
+        panel("Workers", [
+            {"expr": f"count(count by (pod) (surge_job_chunk_seconds_count{{{worker}}}))",
+             "legendFormat": "worker pods"}], "short"),
+        panel("Errors and dead letters", [
+            {"expr": f'sum by (route, status) (rate(surge_requests_total{{{api}, status=~"5.."}}'
+                     f"[{RATE}]))", "legendFormat": "{{route}} {{status}}"},
+            {"expr": f"sum by (type) (increase(surge_events_dead_lettered_total{{{api}}}[1h]))",
+             "legendFormat": "dead-lettered {{type}} (1h)"}], "short"),
+    ])
+
+
+def render() -> dict[str, str]:
+    """File name -> JSON text of every dashboard."""
+    return {f"{d['uid']}.json": json.dumps(d, indent=2) + "\n" for d in (online(), jobs())}
+
+
+def main() -> int:
+    DASHBOARDS.mkdir(exist_ok=True)
+    for name, text in render().items():
+        (DASHBOARDS / name).write_text(text)
+        print(DASHBOARDS / name)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,242 @@
+"""knative/: both overlays build, every resource passes its real schema, and the manifests
+agree with the code (routes, settings, port, event type, queue name, time limits)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+from starlette.routing import Match
+
+from batch import events
+from common.settings import Settings
+from online.app import create_app
+from tests.deploy import checks
+
+KNATIVE = checks.ROOT / "knative"
+OVERLAYS = ["dev", "prod"]
+IMAGE = "ghcr.io/surgeserve/surgeserve"
+
+
+@pytest.fixture(scope="module")
+def built() -> dict[str, list[dict[str, Any]]]:
+    return {name: checks.kustomize(KNATIVE / "overlays" / name) for name in OVERLAYS} | {
+        "base": checks.kustomize(KNATIVE / "base")}
+
+
+def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+def annotation(ksvc: dict[str, Any], key: str) -> str:
+    return str(ksvc["spec"]["template"]["metadata"]["annotations"][
+        f"autoscaling.knative.dev/{key}"])
+
+
+def serves(role: str, method: str, path: str) -> bool:
+    """Whether the app in this role routes `method path` to a handler (Starlette's own
+    matching, so included routers and path parameters count as the server would)."""
+    app = create_app(Settings(role=role, redis_url="redis://127.0.0.1:1/0"))  # type: ignore[arg-type]
+    scope = {"type": "http", "path": path, "method": method, "root_path": ""}
+    return any(route.matches(scope)[0] == Match.FULL for route in app.routes)
+
+
+def surge_containers(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [c for d in docs for c in checks.containers(d) if c["image"].startswith(IMAGE)]
+
+
+def setting_env_names() -> set[str]:
+    names = set()
+    for name, field in Settings.model_fields.items():
+        alias = field.validation_alias
+        choices = getattr(alias, "choices", None)
+        if choices:
+            names |= {str(c) for c in choices}
+        elif isinstance(alias, str):
+            names.add(alias)
+        else:
+            names.add(f"SURGE_{name.upper()}")
+    return names
+
+
+@pytest.mark.parametrize("target", ["base", *OVERLAYS])
+def test_every_resource_passes_its_schema(built, target: str) -> None:
+    docs = built[target]
+    kinds = {d["kind"] for d in docs}
+    assert {"Service", "Broker", "Trigger", "SinkBinding", "Deployment", "StatefulSet",
+            "ScaledObject", "TriggerAuthentication", "ConfigMap"} <= kinds
+    problems = [p for doc in docs for p in checks.validate(doc)]
+    assert problems == []
+
+
+def test_a_broken_manifest_is_caught(built) -> None:
+    predictor = copy.deepcopy(find(built["dev"], "Service", "predictor"))
+    spec = predictor["spec"]["template"]["spec"]
+    spec["containerConcurency"] = 10  # misspelled: cloudcoil alone would drop it silently
+    spec["containers"][0]["readinessProbe"]["httpGet"]["pathh"] = "/readyz"
+    predictor["spec"]["template"]["metadata"]["annotations"][
+        "autoscaling.knative.dev/minScale"] = "1"  # the old spelling, ignored by Knative now
+    problems = checks.validate(predictor)
+    assert any("spec.template.spec.containerConcurency" in p for p in problems), problems
+    assert any("readinessProbe.httpGet.pathh" in p for p in problems), problems
+    assert any("autoscaling.knative.dev/minScale" in p for p in problems), problems
+
+    wrong_type = copy.deepcopy(find(built["dev"], "Service", "predictor"))
+    wrong_type["spec"]["template"]["spec"]["containerConcurrency"] = "lots"
+    assert checks.validate(wrong_type)
+
+    trigger = copy.deepcopy(find(built["dev"], "Trigger", "bulk-requested"))
+    trigger["spec"]["delivery"]["retries"] = 3
+    assert any("spec.delivery.retries" in p for p in checks.validate(trigger))
+
+    worker = copy.deepcopy(find(built["dev"], "Deployment", "worker"))
+    worker["spec"]["template"]["spec"]["terminationGracePeriod"] = 30
+    assert any("terminationGracePeriod" in p for p in checks.validate(worker))
+
+
+def test_probe_paths_are_real_routes(built) -> None:
+    for name, role in (("predictor", "all"), ("jobs", "jobs")):
+        for container in checks.containers(find(built["dev"], "Service", name)):
+            for probe in ("readinessProbe", "livenessProbe"):
+                path = container[probe]["httpGet"]["path"]
+                assert serves(role, "GET", path), f"{name} {probe} {path} is not a route"
+    assert not serves("all", "GET", "/readyzz")  # the check can fail
+
+
+def test_trigger_delivers_the_accepted_type_to_real_routes(built) -> None:
+    trigger = find(built["dev"], "Trigger", "bulk-requested")
+    assert trigger["spec"]["filter"]["attributes"]["type"] == events.BULK_REQUESTED
+    for target in (trigger["spec"]["subscriber"], trigger["spec"]["delivery"]["deadLetterSink"]):
+        assert target["ref"]["name"] == "jobs"
+        assert serves("jobs", "POST", target["uri"]), target["uri"]
+    assert not serves("jobs", "POST", "/v1/predict")  # the jobs role has no model
+    find(built["dev"], "Service", "jobs")  # the subscriber exists in the same build
+
+
+def test_env_names_and_values_are_real_settings(built, monkeypatch: pytest.MonkeyPatch) -> None:
+    known = setting_env_names()
+    docs = built["dev"]
+    config = find(docs, "ConfigMap", "surgeserve-config")["data"]
+    env: dict[str, str] = dict(config)
+    for container in surge_containers(docs):
+        for var in container.get("env", []):
+            assert var["name"] in known, f"{var['name']} is not a setting"
+            if "value" in var:
+                env[var["name"]] = var["value"]
+        for source in container.get("envFrom", []):
+            assert source["configMapRef"]["name"] == "surgeserve-config"
+    assert set(config) <= known, set(config) - known
+    for name, value in env.items():  # the values parse too (types, bounds)
+        monkeypatch.setenv(name, value)
+    settings = Settings()
+    assert settings.job_queue == config["SURGE_JOB_QUEUE"]
+
+
+def test_secret_references_resolve_in_dev(built) -> None:
+    docs = built["dev"]
+    secrets = {d["metadata"]["name"]: set(d.get("data", {})) for d in docs
+               if d["kind"] == "Secret"}
+    refs = [var["valueFrom"]["secretKeyRef"] for d in docs for c in checks.containers(d)
+            for var in c.get("env", []) if "secretKeyRef" in var.get("valueFrom", {})]
+    refs += [{"name": t["name"], "key": t["key"]}
+             for t in find(docs, "TriggerAuthentication", "redis-jobs-auth")["spec"][
+                 "secretTargetRef"]]
+    assert refs
+    for ref in refs:
+        assert ref["key"] in secrets.get(ref["name"], set()), ref
+    assert not [d for d in built["prod"] if d["kind"] == "Secret"], "prod secrets are external"
+
+
+def test_ports_agree_with_the_code(built) -> None:
+    docs = built["dev"]
+    settings = Settings()
+    config = find(docs, "ConfigMap", "surgeserve-config")["data"]
+    for name in ("predictor", "jobs"):
+        ksvc = find(docs, "Service", name)
+        (container,) = checks.containers(ksvc)
+        assert [p["containerPort"] for p in container["ports"]] == [settings.port]
+        meta = ksvc["spec"]["template"]["metadata"]["annotations"]
+        assert meta["prometheus.io/port"] == str(settings.port)
+        assert meta["prometheus.io/path"] == "/metrics"
+    worker = find(docs, "Deployment", "worker")
+    (container,) = checks.containers(worker)
+    port = int(config["SURGE_WORKER_METRICS_PORT"])
+    assert [p["containerPort"] for p in container["ports"]] == [port]
+    assert worker["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"] == str(port)
+    assert container["args"] == ["worker"]
+
+
+def test_worker_scaling_and_shutdown_match_the_queue(built) -> None:
+    for overlay in OVERLAYS:
+        docs = built[overlay]
+        config = find(docs, "ConfigMap", "surgeserve-config")["data"]
+        scaled = find(docs, "ScaledObject", "worker")
+        assert scaled["spec"]["scaleTargetRef"]["name"] == "worker"
+        assert scaled["spec"]["minReplicaCount"] == 0
+        (trigger,) = scaled["spec"]["triggers"]
+        assert trigger["type"] == "redis"
+        assert trigger["metadata"]["listName"] == config["SURGE_JOB_QUEUE"]
+        namespace = find(docs, "Namespace", docs[0]["metadata"]["name"])["metadata"]["name"]
+        host = trigger["metadata"]["address"].split(":")[0]
+        assert host == f"redis-jobs.{namespace}.svc.cluster.local"
+        find(docs, "Service", "redis-jobs")
+        worker = find(docs, "Deployment", "worker")
+        grace = worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+        assert grace > int(config["SURGE_CHUNK_TIME_LIMIT_S"])
+        assert int(config["SURGE_CHUNK_TIME_LIMIT_S"]) < int(config["SURGE_VISIBILITY_TIMEOUT_S"])
+        binding = find(docs, "SinkBinding", "worker-events")
+        assert binding["spec"]["subject"]["name"] == "worker"
+        assert binding["spec"]["sink"]["ref"]["kind"] == "Broker"
+
+
+def test_redis_roles_are_configured_for_their_jobs(built) -> None:
+    docs = built["dev"]
+    cache = " ".join(checks.containers(find(docs, "Deployment", "redis-cache"))[0]["args"])
+    assert "--maxmemory-policy allkeys-lru" in cache and "--appendonly no" in cache
+    jobs_store = find(docs, "StatefulSet", "redis-jobs")
+    args = " ".join(checks.containers(jobs_store)[0]["args"])
+    assert "--maxmemory-policy noeviction" in args and "--appendonly yes" in args
+    assert jobs_store["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "data"
+
+
+def test_autoscaling_numbers_are_consistent(built) -> None:
+    settings = Settings()
+    for overlay in OVERLAYS:
+        docs = built[overlay]
+        for name in ("predictor", "jobs"):
+            ksvc = find(docs, "Service", name)
+            spec = ksvc["spec"]["template"]["spec"]
+            assert annotation(ksvc, "class") == "kpa.autoscaling.knative.dev"
+            assert annotation(ksvc, "metric") == "concurrency"
+            assert float(annotation(ksvc, "target")) <= spec["containerConcurrency"]
+            low, high = int(annotation(ksvc, "min-scale")), int(annotation(ksvc, "max-scale"))
+            assert 0 <= low <= int(annotation(ksvc, "initial-scale")) <= high
+            assert spec["timeoutSeconds"] > settings.request_timeout_s
+    predictor = find(built["dev"], "Service", "predictor")
+    assert annotation(predictor, "min-scale") == "0"  # dev scales to zero
+
+
+def test_prod_overlay_pins_the_image_and_stays_warm(built) -> None:
+    prod, dev = built["prod"], built["dev"]
+    assert surge_containers(prod)
+    assert all(c["image"].startswith(f"{IMAGE}@sha256:") for c in surge_containers(prod))
+    assert all(":dev" in c["image"] for c in surge_containers(dev))
+    assert {d["metadata"].get("namespace") for d in prod if d["kind"] != "Namespace"} == {
+        "surgeserve"}
+    assert int(annotation(find(prod, "Service", "predictor"), "min-scale")) >= 1
+
+    def cpu(docs: list[dict[str, Any]]) -> int:
+        (c,) = checks.containers(find(docs, "Service", "predictor"))
+        return int(str(c["resources"]["limits"]["cpu"]).removesuffix("m"))
+
+    assert cpu(prod) > cpu(dev)
+
+
+def test_kubectl_reports_a_broken_kustomization(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n")
+    with pytest.raises(RuntimeError, match=r"missing\.yaml"):
+        checks.kustomize(tmp_path)
