@@ -51,9 +51,8 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
 
-bench: model  ## benchmarks: ratios measured in one run, written to bench-results/
-	$(BIN)/python -m loadtest.bench_online
-	$(BIN)/python -m loadtest.bench_jobs
+bench: model  ## every benchmark in one run: bench-results/report.{json,md} (~15 min)
+	$(BIN)/python -m loadtest.bench_all
 
 clean:
 	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info

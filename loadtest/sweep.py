@@ -23,13 +23,13 @@ def measure_level(url: str, texts: TextSource, concurrency: int, seconds: float,
         "rps", "p50_ms", "p90_ms", "p99_ms", "errors", "requests", "cache_hit_ratio")}
 
 
-def knee(curve: Sequence[dict[str, Any]], fraction: float = 0.9) -> int | None:
-    """The lowest concurrency reaching `fraction` of the best throughput: past it, more in
-    flight buys (almost) no throughput, only latency."""
+def knee(curve: Sequence[dict[str, Any]]) -> int | None:
+    """The level with the most "power" (Kleinrock: throughput / median latency): below it more
+    in flight buys throughput cheaply, past it mostly latency. Unlike "the first level within
+    x% of the best throughput" it does not jump with noise on a flat top."""
     if not curve:
         return None
-    best = max(p["rps"] for p in curve)
-    return next(p["concurrency"] for p in curve if p["rps"] >= fraction * best)
+    return int(max(curve, key=lambda p: p["rps"] / max(p["p50_ms"], 1e-6))["concurrency"])
 
 
 def max_under_slo(curve: Sequence[dict[str, Any]], slo_p99_ms: float) -> int | None:

@@ -5,7 +5,15 @@ from __future__ import annotations
 
 import pytest
 
-from loadtest.kpa import Curve, KpaConfig, _decide, desired_pods, simulate, trace
+from loadtest.kpa import (
+    Curve,
+    KpaConfig,
+    _decide,
+    desired_pods,
+    poisson_quantile,
+    simulate,
+    trace,
+)
 
 CURVE = Curve([
     {"concurrency": 1, "rps": 60, "p50_ms": 16, "p99_ms": 30},
@@ -55,6 +63,13 @@ def test_scale_up_rate_limit() -> None:
     assert want == 6  # ceil(2 x 3 ready)
 
 
+def test_poisson_quantiles() -> None:
+    assert poisson_quantile(0, 0.99) == 0
+    assert poisson_quantile(1, 0.5) == 1  # P(X <= 0) = 0.37, P(X <= 1) = 0.74
+    assert poisson_quantile(1, 0.99) == 4  # P(X <= 3) = 0.981, P(X <= 4) = 0.996
+    assert poisson_quantile(100, 0.99) == 124  # ~ mean + 2.33 sd
+
+
 def test_curve_interpolates_and_inverts() -> None:
     assert CURVE.throughput(0.5) == pytest.approx(30)
     assert CURVE.throughput(3) == pytest.approx(110)
@@ -69,7 +84,10 @@ def test_one_pod_steady_state_is_the_curve() -> None:
     one = KpaConfig(min_scale=1, max_scale=1, initial_scale=1)
     out = simulate(one, CURVE, trace("constant", 30, 110), cold_start_s=0, dt=0.02).summary
     assert out["throughput_rps"] == pytest.approx(110, rel=0.01)
-    assert out["p99_ms"] == pytest.approx(55, rel=0.02)  # p99 at c = 3, between 40 and 70
+    # in flight averages 3 (Little); its 99th percentile as Poisson(3) is 8: p99 at c = 8
+    assert poisson_quantile(3, 0.99) == 8
+    assert out["p99_ms"] == pytest.approx(130, rel=0.02)
+    assert out["p50_ms"] == pytest.approx(CURVE.p50_s(3) * 1000, rel=0.02)
     assert out["timed_out"] == 0 and out["max_pods"] == 1
     overloaded = simulate(one, CURVE, trace("constant", 30, 180), 0, dt=0.02).summary
     assert overloaded["throughput_rps"] == pytest.approx(120, rel=0.02)

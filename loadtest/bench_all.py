@@ -1,0 +1,175 @@
+"""`make bench`: every benchmark of the project in one run, gathered into one report
+(bench-results/report.json and report.md) with the ratios and the command that reproduces each.
+
+  online      python -m loadtest.bench_online      service vs raw model vs naive, cache-hit
+                                                   latency, cold start, RSS
+  jobs        python -m loadtest.bench_jobs        job throughput vs raw, first page, bytes
+  zipf        (here)                               service (cache on) vs naive on Zipf traffic
+  capacity    python -m loadtest sweep             capacity curve, knee, concurrency under SLO
+  simulator   python -m loadtest validate          simulated vs measured, one instance
+  tuning      python -m loadtest tune              cheapest Knative settings per trace
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from common.corpus import snippets
+from loadtest.bench_online import server
+from loadtest.kpa import Curve, trace
+from loadtest.run import RunConfig, constant, run
+from loadtest.stats import summary
+from loadtest.sweep import LEVELS, sweep
+from loadtest.traffic import HitRateTexts, ZipfTexts
+from loadtest.tune import explain, tune
+from loadtest.validate import validate
+
+SLO_MS = 250.0
+
+
+def _module(out: Path, name: str, *extra: str) -> dict[str, Any]:
+    """Run `python -m loadtest.<name>` (its own processes, its own progress) and read its JSON."""
+    subprocess.run([sys.executable, "-m", f"loadtest.{name}", "--out", str(out), *extra],
+                   check=True)
+    return dict(json.loads((out / f"{name.removeprefix('bench_')}.json").read_text()))
+
+
+def zipf_vs_naive(out: Path, seconds: float, rounds: int, users: int) -> dict[str, Any]:
+    """The same Zipf(1.2) closed-loop traffic against the service (cache on) and the naive
+    server (one forward pass per request, no cache), interleaved; median of per-round ratios."""
+    log = out / "bench-servers.log"
+    rows = []
+    with server({}, log) as svc, server({}, log, command="serve-naive") as naive:
+        for number in range(rounds):
+            row = {}
+            for name, url in (("service", svc.url), ("naive", naive.url)):
+                result = run(RunConfig(url=url, stages=list(constant(users, seconds)),
+                                       texts=ZipfTexts(snippets(), 1.2, seed=number),
+                                       progress=False))
+                row[name] = summary(result.samples, result.seconds)
+            print(f"  zipf round {number + 1}: service {row['service']['rps']} req/s "
+                  f"(hit {row['service']['cache_hit_ratio']}), naive {row['naive']['rps']} "
+                  f"req/s", flush=True)
+            rows.append(row)
+    ratio = statistics.median(r["service"]["rps"] / r["naive"]["rps"] for r in rows)
+    return {"rounds": rows, "service_over_naive": round(ratio, 2)}
+
+
+def capacity(out: Path, seconds: float) -> dict[str, Any]:
+    """Sweep and simulator validation against one fresh instance, cache off."""
+    with server({"SURGE_CACHE": "off"}, out / "bench-servers.log") as srv:
+        curve = sweep(srv.url, HitRateTexts(snippets(), 0.0), LEVELS, seconds=seconds,
+                      warmup=2, slo_p99_ms=SLO_MS)
+        curve["cold_start_s"] = round(srv.cold_start_s, 3)
+        (out / "sweep.json").write_text(json.dumps(curve, indent=2) + "\n")
+        checked = validate(srv.url, HitRateTexts(snippets(), 0.0, seed=9), out / "sweep.json",
+                           (0.3, 0.6, 0.9), seconds=seconds * 2)
+    (out / "validate.json").write_text(json.dumps(checked, indent=2) + "\n")
+    return {"sweep": curve, "validate": checked}
+
+
+def tuning(curve: dict[str, Any]) -> dict[str, Any]:
+    """Recommendations for two traces on the measured curve and cold start."""
+    measured = Curve(curve["curve"])
+    peak = 10 * measured.capacity  # traffic for about ten pods at the peak
+    loads = {"spike": trace("spike", 900, peak, low=peak / 10, at_s=300, length_s=120),
+             "diurnal": trace("diurnal", 1800, peak, low=peak / 20, period_s=1800)}
+    return {name: tune(measured, load, curve["cold_start_s"], SLO_MS)
+            for name, load in loads.items()}
+
+
+def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+    """(measure, value, goal, detail, command) for the report."""
+    online, jobs, zipf = r["online"], r["jobs"], r["zipf"]
+    sweep_, checked = r["capacity"]["sweep"], r["capacity"]["validate"]
+    on, jb, lt = ("python -m loadtest.bench_online", "python -m loadtest.bench_jobs",
+                  "python -m loadtest")
+    out = [
+        ("service / raw batched model throughput (cache off)",
+         f"{online['ratios']['service_over_raw']:.3f}", ">= 0.85", "median of interleaved rounds",
+         on),
+        ("service / naive server, unique texts (cache off)",
+         f"{online['ratios']['service_over_naive']:.2f}", ">= 4", "batching alone", on),
+        ("service / naive server, Zipf(1.2) traffic (cache on)",
+         f"{zipf['service_over_naive']:.2f}", ">= 4",
+         f"hit ratio {zipf['rounds'][-1]['service']['cache_hit_ratio']}", "make bench"),
+        *[(f"cache-hit p99 at {p['offered_rps']:.0f} req/s", f"{p['p99_ms']} ms", "<= 10 ms",
+           f"server's own p99 <= {p['server_p99_le_ms']:g} ms", on)
+          for p in online["cache_hit_paced"]],
+        ("cold start: exec → first 200", f"{online['cold_start_s']} s", "<= 2.5 s",
+         f"transformers path {online['cold_start_eager_s']} s", on),
+        ("RSS after load", f"{online['rss_mb']} MB", "<= 500 MB", "", on),
+        ("job items/s / raw batched model throughput", f"{jobs['job_over_raw']:.3f}",
+         ">= 0.85", f"{jobs['items_per_s']} items/s", jb),
+        ("time to first result page", f"{jobs['first_page_s']} s", "", "", jb),
+        ("capacity of one instance (cache off)", f"{sweep_['capacity_rps']} req/s", "",
+         f"knee {sweep_['knee']} in flight; p99 <= {SLO_MS:g} ms up to "
+         f"{sweep_['max_concurrency_under_slo']} in flight",
+         f"{lt} sweep --start-server --server-env SURGE_CACHE=off"),
+    ]
+    for load in checked["loads"]:
+        out.append((f"simulator error at {load['fraction']:.0%} of capacity",
+                    f"{load['error']['throughput']:+.1%} req/s, {load['error']['p99']:+.1%} p99",
+                    "", f"measured p99 {load['measured']['p99_ms']} ms vs simulated "
+                        f"{load['simulated']['p99_ms']} ms",
+                    f"{lt} validate --start-server --server-env SURGE_CACHE=off"))
+    for name, outcome in r["tuning"].items():
+        best = outcome["best"]
+        value = "none meets the SLO" if best is None else (
+            f"cc {best['config']['container_concurrency']}, "
+            f"{best['config']['utilization']:.0%}, min-scale {best['config']['min_scale']}, "
+            f"delay {best['config']['scale_down_delay_s']:g} s")
+        manifest = outcome["current"]["summary"]
+        detail = "" if best is None else (
+            f"{best['summary']['pod_seconds']:g} pod-s, p99 {best['summary']['p99_ms']:g} ms; "
+            f"the manifest: {manifest['pod_seconds']:g} pod-s, p99 {manifest['p99_ms']:g} ms")
+        out.append((f"tuned for the {name} trace", value, f"p99 <= {SLO_MS:g} ms", detail,
+                    f"{lt} tune --curve bench-results/sweep.json --trace {name}"))
+    return out
+
+
+def markdown(table: list[tuple[str, str, str, str, str]]) -> str:
+    """The report as a Markdown table."""
+    lines = ["| measure | value | goal | detail | reproduce |", "|---|---|---|---|---|"]
+    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} | `{e}` |" for a, b, c, d, e in table])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: `python -m loadtest.bench_all` (what `make bench` runs)."""
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="bench-results")
+    parser.add_argument("--seconds", type=float, default=10, help="per sweep level / load")
+    parser.add_argument("--zipf-seconds", type=float, default=20)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    print("== online", flush=True)
+    results["online"] = _module(out, "bench_online")
+    print("== jobs", flush=True)
+    results["jobs"] = _module(out, "bench_jobs")
+    print("== Zipf traffic: service vs naive", flush=True)
+    results["zipf"] = zipf_vs_naive(out, args.zipf_seconds, args.rounds, users=32)
+    print("== capacity sweep and simulator check", flush=True)
+    results["capacity"] = capacity(out, args.seconds)
+    print("== tuning", flush=True)
+    results["tuning"] = tuning(results["capacity"]["sweep"])
+    for name, outcome in results["tuning"].items():
+        print(f"-- {name}\n{explain(outcome)}", flush=True)
+    table = markdown(rows(results))
+    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
+    (out / "report.md").write_text(table + "\n")
+    print("\n" + table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
