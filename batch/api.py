@@ -46,43 +46,56 @@ def _view(job: dict[str, Any]) -> dict[str, Any]:
         "self": base, "results": f"{base}/results"}}
 
 
-def _texts_from_body(content_type: str, body: bytes) -> list[str]:
+def _job_from_body(content_type: str, body: bytes) -> tuple[list[str], str | None]:
+    """The texts, and the model named in a JSON body (None: not named)."""
     if content_type == NDJSON:
-        texts = []
-        for number, line in enumerate(body.decode("utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except ValueError:
-                item = line  # a bare line of text is a text
-            text = item.get("text") if isinstance(item, dict) else item
-            if not isinstance(text, str):
-                raise InvalidInput("each NDJSON line is a text, a JSON string or "
-                                   '{"text": "..."}', {"line": number})
-            texts.append(text)
-        return texts
+        return _ndjson_texts(body), None
     try:
         data = json.loads(body)
     except ValueError as exc:
         raise InvalidInput("body is not valid JSON") from exc
     found = data.get("texts") if isinstance(data, dict) else None
     if not isinstance(found, list) or not all(isinstance(t, str) for t in found):
-        raise InvalidInput('body must be {"texts": [string, ...]}')
-    return found
+        raise InvalidInput('body must be {"texts": [string, ...], "model"?: string}')
+    model = data.get("model")
+    if model is not None and not isinstance(model, str):
+        raise InvalidInput('"model" must be a model name (string)')
+    return found, model
+
+
+def _ndjson_texts(body: bytes) -> list[str]:
+    texts = []
+    for number, line in enumerate(body.decode("utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except ValueError:
+            item = line  # a bare line of text is a text
+        text = item.get("text") if isinstance(item, dict) else item
+        if not isinstance(text, str):
+            raise InvalidInput("each NDJSON line is a text, a JSON string or "
+                               '{"text": "..."}', {"line": number})
+        texts.append(text)
+    return texts
 
 
 @router.post("/v1/jobs", status_code=202, responses=_errors(413, 415, 422, 503))
-async def submit_job(request: Request, jobs: Jobs) -> Response:
-    """Submit a bulk job: JSON `{"texts": [...]}` or NDJSON (one text per line)."""
+async def submit_job(request: Request, jobs: Jobs,
+                     model: Annotated[str | None, Query(description="model name (NDJSON "
+                                                        "uploads; JSON may say \"model\")")]
+                     = None) -> Response:
+    """Submit a bulk job: JSON `{"texts": [...], "model"?: name}` or NDJSON (one text per
+    line, `?model=name`). No model named: the default model."""
     ctype = media_type(request.headers.get("content-type"))
     if ctype not in ("application/json", NDJSON):
         raise UnsupportedMediaType(f"send application/json or {NDJSON}", {"content_type": ctype})
     try:
-        texts = _texts_from_body(ctype, await request.body())
+        texts, named = _job_from_body(ctype, await request.body())
     except UnicodeDecodeError as exc:
         raise InvalidInput("body is not UTF-8") from exc
-    job, created = await jobs.submit(texts, request.headers.get("idempotency-key"))
+    job, created = await jobs.submit(texts, request.headers.get("idempotency-key"),
+                                     model=named or model)
     return JSONResponse(_view(job), status_code=202 if created else 200,
                         headers={"Location": f"/v1/jobs/{job['id']}"})
 
@@ -123,7 +136,8 @@ async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
     `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job."""
     event, binary = events.parse(dict(request.headers), await request.body())
     key = f"ce:{event.get_source()}:{event.get_id()}"
-    job, _ = await jobs.submit(events.texts_of(event), key, source="cloudevent")
+    texts, model = events.job_of(event)
+    job, _ = await jobs.submit(texts, key, source="cloudevent", model=model)
     message = events.reply(job, binary=binary)
     return Response(message.body, status_code=202, headers=message.headers)
 

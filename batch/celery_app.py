@@ -16,6 +16,7 @@ from typing import Any
 
 from celery import Celery
 
+from common.errors import SurgeError
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,9 @@ def run_chunk(task: Any, job_id: str, chunk: int) -> dict[str, Any]:
         # End the job as failed, tell K_SINK, and let Celery record the task failure.
         log.exception("chunk failed", extra={"job": job_id, "chunk": chunk})
         runner.metrics.chunks.labels("failed").inc()
-        if runner.store.fail(job_id, f"chunk {chunk}: {type(exc).__name__}"):
+        # Our own errors say what went wrong (an unknown model); others only their type.
+        reason = exc.message if isinstance(exc, SurgeError) else type(exc).__name__
+        if runner.store.fail(job_id, f"chunk {chunk}: {reason}"):
             runner.job_ended(job_id)
             emit_job_ended(settings, runner.store, job_id)
         raise
@@ -85,12 +88,14 @@ def _worker_runner(settings: Settings) -> Any:
     if _runner is None:
         from batch.runner import ChunkRunner
         from batch.store import JobStore
-        from common.training import load_configured_model
+        from common.models import ModelSet
 
-        bundle = load_configured_model(settings)
-        _runner = ChunkRunner(bundle, JobStore.from_url(str(settings.redis_url),
+        models = ModelSet(settings)
+        default = models.get(None)  # the default loads now; others on their first job
+        _runner = ChunkRunner(models, JobStore.from_url(str(settings.redis_url),
                                                         ttl_s=settings.job_ttl_s), settings)
-        log.info("worker model loaded", extra={"model": bundle.name, "version": bundle.version})
+        log.info("worker model loaded", extra={"model": default.name,
+                                               "version": default.version})
     return _runner
 
 

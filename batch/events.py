@@ -78,15 +78,18 @@ def dead_letter_record(event: Any) -> dict[str, Any]:
             "data": data, "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
 
 
-def texts_of(event: Any) -> list[str]:
-    """The `texts` list in the event's data."""
+def job_of(event: Any) -> tuple[list[str], str | None]:
+    """The `texts` list (and the optional `model` name) in the event's data."""
     data = event.get_data()
     if isinstance(data, bytes | str):
         raise InvalidInput("event data must be JSON: {\"texts\": [...]}")
     texts = (data or {}).get("texts") if isinstance(data, dict) else None
     if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
-        raise InvalidInput("event data must be {\"texts\": [string, ...]}")
-    return texts
+        raise InvalidInput("event data must be {\"texts\": [string, ...], \"model\"?: string}")
+    model = data.get("model") if isinstance(data, dict) else None
+    if model is not None and not isinstance(model, str):
+        raise InvalidInput("\"model\" in the event data must be a model name (string)")
+    return texts, model
 
 
 def reply(job: dict[str, Any], *, binary: bool) -> HTTPMessage:

@@ -15,6 +15,7 @@ from batch.store import CANCELLED, FINAL, JobStore
 from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache, RedisTier
 from common.metrics import WorkerMetrics
+from common.models import ModelSet
 from common.schemas import ranked_body
 from common.settings import Settings
 
@@ -36,9 +37,10 @@ class ChunkOutcome:
 class ChunkRunner:
     """Runs chunks for one loaded model. One per worker process (the model loads once)."""
 
-    def __init__(self, bundle: ModelBundle, store: JobStore, settings: Settings,
+    def __init__(self, models: ModelSet | ModelBundle, store: JobStore, settings: Settings,
                  metrics: WorkerMetrics | None = None):
-        self.bundle = bundle
+        self.models = (models if isinstance(models, ModelSet)
+                       else ModelSet(settings, loaded={models.name: models}))
         self.store = store
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
@@ -73,9 +75,10 @@ class ChunkRunner:
             reason = "expired" if job is None else job["status"]
             log.info("chunk skipped", extra={"job": job_id, "chunk": chunk, "reason": reason})
             return ChunkOutcome(job_id, chunk, 0, 0, skipped=True)
-        self.store.mark_running(job_id, self.bundle.name, self.bundle.version)
+        bundle = self.models.get(job.get("model") or None)  # UnknownModel fails the job
+        self.store.mark_running(job_id, bundle.name, bundle.version)
         texts = self.store.chunk_texts(job_id, chunk, job["chunk_size"])
-        ranked, cached = asyncio.run(self._predict(texts))
+        ranked, cached = asyncio.run(self._predict(bundle, texts))
         base = chunk * job["chunk_size"]
         results = {base + i: ranked_body(r) for i, r in enumerate(ranked)}
         if self.store.status(job_id) == CANCELLED:  # cancelled while computing: keep nothing
@@ -83,14 +86,16 @@ class ChunkRunner:
         finished = self.store.write_chunk(job_id, chunk, results, job["chunks"])
         return ChunkOutcome(job_id, chunk, len(texts) - cached, cached, finished_job=finished)
 
-    async def _predict(self, texts: list[str]) -> tuple[list[Ranked], int]:
+    async def _predict(self, bundle: ModelBundle, texts: list[str],
+                       ) -> tuple[list[Ranked], int]:
         cache = self._cache()
         try:
-            keyed = [self.bundle.keyed(t) for t in texts]
+            keyed = [bundle.keyed(t) for t in texts]
             keys = [key for _, key in keyed]
             found = await cache.lookup(list(dict.fromkeys(keys))) if cache else {}
             misses = {key: text for text, key in keyed if key not in found}
-            computed = await asyncio.to_thread(self._predict_parallel, list(misses.values()))
+            computed = await asyncio.to_thread(self._predict_parallel, bundle,
+                                               list(misses.values()))
             fresh = dict(zip(misses, computed, strict=True))
             if cache is not None:
                 cache.store(fresh)  # online traffic benefits from batch work
@@ -100,7 +105,7 @@ class ChunkRunner:
             if cache is not None:
                 await cache.close()
 
-    def _predict_parallel(self, texts: list[str]) -> list[Ranked]:
+    def _predict_parallel(self, bundle: ModelBundle, texts: list[str]) -> list[Ranked]:
         """The chunk split over the model worker threads (the online path's layout: N threads
         with 1 intra-op thread each was measured fastest); interleaved slices keep the
         length mix of each slice alike."""
@@ -108,8 +113,8 @@ class ChunkRunner:
         slices = [texts[k::workers] for k in range(workers)]
 
         def run(part: list[str]) -> list[Ranked]:
-            return self.bundle.predict(part, self.settings.max_batch_size,
-                                       self.settings.max_forward_tokens)
+            return bundle.predict(part, self.settings.max_batch_size,
+                                  self.settings.max_forward_tokens)
 
         parts = list(self._pool.map(run, slices))
         out: list[Ranked] = [[] for _ in texts]

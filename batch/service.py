@@ -18,6 +18,12 @@ from common.settings import Settings
 T = TypeVar("T")
 
 
+class UnknownModelInput(InvalidInput):
+    """A job named a model this deployment does not serve."""
+
+    code = "unknown_model"
+
+
 class JobService:
     """Jobs on the jobs Redis; chunks go to Celery workers."""
 
@@ -63,14 +69,24 @@ class JobService:
                 raise TextTooLong(f"text is longer than {s.max_text_chars} characters",
                                   {"index": index, "max_chars": s.max_text_chars})
 
+    def check_model(self, model: str | None) -> None:
+        """A named model must be one this deployment serves (when the names are known here:
+        SURGE_MODELS or SURGE_MODEL_NAME; otherwise the worker fails the job, saying why)."""
+        names = self.settings.model_names()
+        if model is not None and names is not None and model not in names:
+            raise UnknownModelInput(f"no model named {model!r}",
+                                    {"model": model, "available": names})
+
     async def submit(self, texts: list[str], idempotency_key: str | None = None, *,
-                     source: str = "http") -> tuple[dict[str, Any], bool]:
-        """Store the job and enqueue its chunks; an idempotent replay returns the first job."""
+                     source: str = "http", model: str | None = None,
+                     ) -> tuple[dict[str, Any], bool]:
+        """Store the job and enqueue its chunks; an idempotent replay returns the first job.
+        `model` names one of the served models (None: the default)."""
         self.validate(texts)
+        self.check_model(model)
         job, created = await self._call(
             self.store.create, texts, chunk_size=self.settings.job_chunk_size,
-            model=self.settings.model_name or "default", version="pending",
-            idempotency_key=idempotency_key)
+            model=model or "", version="pending", idempotency_key=idempotency_key)
         if created:
             await self._call(self._enqueue, job["id"], job["chunks"])
             self.metrics.jobs_submitted.labels(source).inc()

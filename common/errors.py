@@ -90,6 +90,12 @@ class ModelError(SurgeError):
     code = "model_error"
 
 
+class UnknownModel(NotFound):
+    """A request named a model this server does not serve."""
+
+    code = "unknown_model"
+
+
 class ModelNotFound(SurgeError):
     """No usable model directory (startup error, not a request error)."""
 

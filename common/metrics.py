@@ -54,20 +54,22 @@ class Metrics(CacheMetrics):
             ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge(
             "surge_requests_in_flight", "HTTP requests being served now.", registry=r)
+        # Batcher families carry the model: each model has its own batcher.
         self.batch_size = Histogram(
-            "surge_batch_size", "Items per model batch.", buckets=BATCH_BUCKETS, registry=r)
+            "surge_batch_size", "Items per model batch.", ["model"], buckets=BATCH_BUCKETS,
+            registry=r)
         self.queue_wait = Histogram(
-            "surge_queue_wait_seconds", "Time an item waited in the batch queue.",
+            "surge_queue_wait_seconds", "Time an item waited in the batch queue.", ["model"],
             buckets=LATENCY_BUCKETS, registry=r)
         self.forward_seconds = Histogram(
             "surge_forward_seconds", "Model time per batch: tokenise, forward pass, softmax.",
-            buckets=LATENCY_BUCKETS, registry=r)
+            ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge(
-            "surge_queue_depth", "Items waiting in the batch queue.", registry=r)
+            "surge_queue_depth", "Items waiting in the batch queue.", ["model"], registry=r)
         self.rejected = Counter(
             "surge_rejected_total",
-            "Items refused by the batcher, by reason (overloaded, expired).",
-            ["reason"], registry=r)
+            "Items refused by the batcher, by model and reason (overloaded, expired).",
+            ["model", "reason"], registry=r)
         self.predictions = Counter(
             "surge_predictions_total", "Predictions served by top label (drift watch).",
             ["model", "label"], registry=r)

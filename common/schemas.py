@@ -71,7 +71,7 @@ class ModelCard(BaseModel):
     lowercase: bool
     backend: str = Field(description="onnx (compiled artifact, ONNX Runtime) or transformers")
     metrics: dict[str, Any]
-    default: bool = True
+    default: bool = Field(True, description="answers /v1/predict and jobs naming no model")
 
 
 class ModelList(BaseModel):
@@ -82,4 +82,5 @@ class Readiness(BaseModel):
     status: str
     model: str | None = None
     version: str | None = None
+    models: dict[str, str] = Field(default_factory=dict, description="name -> version")
     cache: dict[str, Any] = Field(default_factory=dict)

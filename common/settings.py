@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
     # Model. Unset model_dir means the default bundle built by `surgeserve model build`.
     model_dir: Path | None = None
     model_name: str | None = None
+    # Several models side by side: "name=path,name=path" (each any HF sequence-classification
+    # directory). The default model answers /v1/predict (first listed unless default_model).
+    # Unset: one model, SURGE_MODEL_DIR or the default bundle.
+    models: str | None = None
+    default_model: str | None = None
     max_tokens: int = Field(128, ge=8, le=4096)
     # Model worker threads, each running whole batches; torch intra-op threads per process.
     # Defaults: one worker per usable CPU, CPUs / workers torch threads (measured best on CPU).
@@ -107,6 +113,32 @@ class Settings(BaseSettings):
                 return "on"
         return value
 
+    @field_validator("models")
+    @classmethod
+    def _models_spec(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_models(value)  # raises ValueError with the reason
+        return value
+
+    def model_specs(self) -> list[tuple[str | None, Path | None]]:
+        """(name, directory) per configured model; one (SURGE_MODEL_NAME, SURGE_MODEL_DIR)
+        when SURGE_MODELS is unset (None = the default bundle / its manifest name)."""
+        if not self.models:
+            return [(self.model_name, self.model_dir)]
+        specs: list[tuple[str | None, Path | None]] = list(parse_models(self.models).items())
+        if self.default_model:
+            names = [n for n, _ in specs]
+            if self.default_model not in names:
+                raise ValueError(f"SURGE_DEFAULT_MODEL={self.default_model!r} is not one of "
+                                 f"SURGE_MODELS ({', '.join(str(n) for n in names)})")
+            specs.sort(key=lambda spec: spec[0] != self.default_model)
+        return specs
+
+    def model_names(self) -> list[str] | None:
+        """The names requests may use, default first; None when only known after loading."""
+        names = [n for n, _ in self.model_specs()]
+        return None if any(n is None for n in names) else [str(n) for n in names]
+
     @property
     def workers(self) -> int:
         """Model worker threads in effect."""
@@ -139,6 +171,22 @@ class Settings(BaseSettings):
                 "allkeys-lru eviction, the job store must never evict. "
                 "Use two servers in production."
             )
+
+
+def parse_models(spec: str) -> dict[str, Path]:
+    """`"sentiment=/models/a,tiny=/models/b"` -> {name: path}; names are unique, URL-safe."""
+    out: dict[str, Path] = {}
+    for part in spec.split(","):
+        name, sep, path = part.strip().partition("=")
+        name = name.strip()
+        if not sep or not name or not path.strip():
+            raise ValueError(f"SURGE_MODELS entry {part!r}: expected name=path")
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}", name):
+            raise ValueError(f"model name {name!r}: letters, digits, '.', '_', '-' only")
+        if name in out:
+            raise ValueError(f"model name {name!r} is listed twice")
+        out[name] = Path(path.strip())
+    return out
 
 
 def usable_cpus() -> int:

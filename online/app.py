@@ -25,10 +25,12 @@ log = logging.getLogger(__name__)
 
 
 def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
-               bundle_future: Future[ModelBundle] | None = None,
+               bundles: dict[str, ModelBundle] | None = None,
+               bundles_future: Future[dict[str, ModelBundle]] | None = None,
                metrics: Metrics | None = None) -> FastAPI:
-    """Build the predictor app. With `bundle` the model is used as given (tests, benchmarks);
-    without, it is loaded in the background (or awaited from `bundle_future`) while /readyz
+    """Build the predictor app. With `bundle` (one model) or `bundles` ({name: model}, the
+    default first) the models are used as given (tests, benchmarks); without, the configured
+    models load in the background (or are awaited from `bundles_future`) while /readyz
     answers 503."""
     if settings.role == "jobs" and not settings.redis_url:
         raise ValueError("SURGE_ROLE=jobs needs SURGE_REDIS_URL (the jobs Redis)")
@@ -37,7 +39,8 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.role != "jobs":
-            await rt.start(bundle, bundle_future)
+            given = bundles or ({bundle.name: bundle} if bundle is not None else None)
+            await rt.start(given, bundles_future)
         if settings.redis_url:
             app.state.jobs = _job_service(settings, rt.metrics)
         yield

@@ -50,12 +50,18 @@ class MicroBatcher(Generic[T, R]):
         retry_after_s: int = 1,
         metrics: Metrics | None = None,
         workers: int = 1,
+        model: str = "",
     ):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
         self.max_wait_s = max_wait_ms / 1000.0
         self._retry_after_s = retry_after_s
-        self._metrics = metrics or Metrics()
+        m = metrics or Metrics()
+        self._overloaded = m.rejected.labels(model, "overloaded")
+        self._expired = m.rejected.labels(model, "expired")
+        self._depth = m.queue_depth.labels(model)
+        self._wait = m.queue_wait.labels(model)
+        self._size = m.batch_size.labels(model)
         self._queue: asyncio.Queue[_Item[T, R]] = asyncio.Queue(maxsize=max_queue)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="model")
         self._free_workers = asyncio.Semaphore(workers)
@@ -79,11 +85,11 @@ class MicroBatcher(Generic[T, R]):
         try:
             self._queue.put_nowait(item)
         except asyncio.QueueFull:
-            self._metrics.rejected.labels("overloaded").inc()
+            self._overloaded.inc()
             raise Overloaded("the prediction queue is full; retry shortly",
                              {"queue_size": self._queue.maxsize},
                              retry_after=self._retry_after_s) from None
-        self._metrics.queue_depth.set(self._queue.qsize())
+        self._depth.set(self._queue.qsize())
         return item.future
 
     async def _collate_loop(self) -> None:
@@ -112,7 +118,7 @@ class MicroBatcher(Generic[T, R]):
                 except TimeoutError:
                     break
                 self._drain_into(batch)
-        self._metrics.queue_depth.set(self._queue.qsize())
+        self._depth.set(self._queue.qsize())
         return batch
 
     def _drain_into(self, batch: list[_Item[T, R]]) -> None:
@@ -129,17 +135,17 @@ class MicroBatcher(Generic[T, R]):
             if item.future.done():  # every waiter gave up (cancelled)
                 continue
             if now >= item.deadline:
-                self._metrics.rejected.labels("expired").inc()
+                self._expired.inc()
                 item.future.set_exception(
                     DeadlineExceeded("the request waited past its deadline in the queue"))
                 continue
-            self._metrics.queue_wait.observe(now - item.enqueued)
+            self._wait.observe(now - item.enqueued)
             live.append(item)
         return live
 
     async def _run(self, batch: list[_Item[T, R]]) -> None:
         # run_batch sorts by token length itself (it has the tokenizer); order here is arrival.
-        self._metrics.batch_size.observe(len(batch))
+        self._size.observe(len(batch))
         loop = asyncio.get_running_loop()
         try:
             results = await loop.run_in_executor(

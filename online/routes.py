@@ -22,7 +22,7 @@ from common.schemas import (
     ranked_body,
 )
 from online.runtime import Runtime
-from online.service import Prediction
+from online.service import Prediction, PredictionService
 
 
 async def runtime(request: Request) -> Runtime:
@@ -56,19 +56,43 @@ ops_router = APIRouter()  # health, readiness, metrics: every role
              dependencies=[Depends(require_json)],
              responses=_errors(413, 415, 422, 503, 504))
 async def predict(body: PredictRequest, rt: RuntimeDep) -> Response:
-    """Classify one text: top label, every label's score ranked, and whether it was cached."""
-    service = rt.require_service()
-    result = await service.predict(body.text)
-    return JSONResponse(_item(result) | {"model": service.bundle.name,
-                                         "version": service.bundle.version})
+    """Classify one text with the default model: top label, every label's score ranked, and
+    whether it was cached."""
+    return await _predict(rt.require_service(), body)
 
 
 @router.post("/v1/bulk-predict", response_model=BulkPredictResponse, tags=["predict"],
              dependencies=[Depends(require_json)],
              responses=_errors(413, 415, 422, 503, 504))
 async def bulk_predict(body: BulkPredictRequest, rt: RuntimeDep) -> Response:
-    """Classify 1..bulk_max_items texts; order kept, duplicates computed once."""
-    service = rt.require_service()
+    """Classify 1..bulk_max_items texts with the default model; order kept, duplicates
+    computed once."""
+    return await _bulk(rt.require_service(), body)
+
+
+@router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["predict"],
+             dependencies=[Depends(require_json)],
+             responses=_errors(404, 413, 415, 422, 503, 504))
+async def predict_with(name: str, body: PredictRequest, rt: RuntimeDep) -> Response:
+    """Classify one text with the named model (404 unknown_model if not served)."""
+    return await _predict(rt.require_service(name), body)
+
+
+@router.post("/v1/models/{name}/bulk-predict", response_model=BulkPredictResponse,
+             tags=["predict"], dependencies=[Depends(require_json)],
+             responses=_errors(404, 413, 415, 422, 503, 504))
+async def bulk_predict_with(name: str, body: BulkPredictRequest, rt: RuntimeDep) -> Response:
+    """Classify 1..bulk_max_items texts with the named model."""
+    return await _bulk(rt.require_service(name), body)
+
+
+async def _predict(service: PredictionService, body: PredictRequest) -> Response:
+    result = await service.predict(body.text)
+    return JSONResponse(_item(result) | {"model": service.bundle.name,
+                                         "version": service.bundle.version})
+
+
+async def _bulk(service: PredictionService, body: BulkPredictRequest) -> Response:
     results = await service.predict_many(body.texts)
     return JSONResponse({"model": service.bundle.name, "version": service.bundle.version,
                          "results": [_item(r) for r in results]})
@@ -76,9 +100,10 @@ async def bulk_predict(body: BulkPredictRequest, rt: RuntimeDep) -> Response:
 
 @router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_errors(503))
 async def models(rt: RuntimeDep) -> dict[str, Any]:
-    """The loaded model(s) and their identity."""
-    bundle = rt.require_service().bundle
-    return {"models": [bundle.info() | {"default": True}]}
+    """The models served, the default first, with their identity and labels."""
+    rt.require_service()
+    return {"models": [s.bundle.info() | {"default": name == rt.default}
+                       for name, s in rt.services.items()]}
 
 
 @ops_router.get("/healthz", tags=["health"])
@@ -101,7 +126,8 @@ async def readyz(rt: RuntimeDep) -> Response:
         status = "ready"
     body: dict[str, Any] = {"status": status, "cache": await rt.cache_state()}
     if rt.bundle is not None:
-        body |= {"model": rt.bundle.name, "version": rt.bundle.version}
+        body |= {"model": rt.bundle.name, "version": rt.bundle.version,
+                 "models": {name: s.bundle.version for name, s in rt.services.items()}}
     return JSONResponse(body, status_code=200 if status == "ready" else 503)
 
 
@@ -109,7 +135,7 @@ async def readyz(rt: RuntimeDep) -> Response:
 async def metrics(rt: RuntimeDep) -> Response:
     """Prometheus text exposition (rendered off the loop: the jobs queue length is read from
     Redis at scrape time)."""
-    if rt.service is not None:
-        rt.metrics.queue_depth.set(rt.service.batcher.depth)
+    for name, service in rt.services.items():
+        rt.metrics.queue_depth.labels(name).set(service.batcher.depth)
     body = await asyncio.to_thread(generate_latest, rt.metrics.registry)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -11,40 +11,59 @@ from typing import Any
 
 from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache, RedisTier
-from common.errors import NotReady
+from common.errors import NotReady, UnknownModel
 from common.metrics import Metrics
+from common.models import ModelSet
 from common.settings import Settings
-from common.training import load_configured_model
 from online.batcher import MicroBatcher
 from online.service import Limits, PredictionService
 
 log = logging.getLogger(__name__)
 
 
+Bundles = dict[str, ModelBundle]  # name -> model, the default first
+
+
 @dataclass
 class Runtime:
-    """Everything a request needs, built once per app."""
+    """Everything a request needs, built once per app: one cached, micro-batched service per
+    model (each with its own batcher), sharing one cache."""
 
     settings: Settings
     metrics: Metrics
-    bundle: ModelBundle | None = None
-    service: PredictionService | None = None
+    services: dict[str, PredictionService] = field(default_factory=dict)
+    default: str | None = None
     cache: PredictionCache | None = None
     draining: bool = False
     load_error: str | None = None
     _loader: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
-    def ready(self) -> bool:
-        """Model loaded and warmed, and not draining."""
-        return self.service is not None and not self.draining
+    def service(self) -> PredictionService | None:
+        """The default model's service (None until loaded)."""
+        return self.services.get(self.default) if self.default else None
 
-    def require_service(self) -> PredictionService:
-        """The service, or NotReady while loading (or after a failed load)."""
-        if self.service is None:
+    @property
+    def bundle(self) -> ModelBundle | None:
+        """The default model (None until loaded)."""
+        return self.service.bundle if self.service else None
+
+    @property
+    def ready(self) -> bool:
+        """Every model loaded and warmed, and not draining."""
+        return bool(self.services) and not self.draining
+
+    def require_service(self, name: str | None = None) -> PredictionService:
+        """A model's service (None: the default); NotReady while loading (or after a failed
+        load), UnknownModel (404) for a name not served."""
+        if not self.services:
             raise NotReady("the model is still loading", {"load_error": self.load_error},
                            retry_after=self.settings.retry_after_s)
-        return self.service
+        service = self.services.get(name or str(self.default))
+        if service is None:
+            raise UnknownModel(f"no model named {name!r}",
+                               {"model": name, "available": list(self.services)})
+        return service
 
     def begin_drain(self) -> None:
         """SIGTERM: readiness answers 503 from now on; in-flight work continues."""
@@ -53,55 +72,62 @@ class Runtime:
         self.draining = True
         self.metrics.ready.set(0)
 
-    async def start(self, bundle: ModelBundle | None,
-                    bundle_future: Future[ModelBundle] | None = None) -> None:
-        """Build the service now (bundle given), or once the model has loaded in the
+    async def start(self, bundles: Bundles | None,
+                    bundles_future: Future[Bundles] | None = None) -> None:
+        """Build the services now (models given), or once the models have loaded in the
         background (a future from a preloading thread, else loaded here in a thread)."""
-        if bundle is not None:
-            self._wire(bundle)
+        if bundles:
+            self._wire(bundles)
             return
-        self._loader = asyncio.get_running_loop().create_task(self._load(bundle_future))
+        self._loader = asyncio.get_running_loop().create_task(self._load(bundles_future))
 
-    async def _load(self, bundle_future: Future[ModelBundle] | None) -> None:
+    async def _load(self, bundles_future: Future[Bundles] | None) -> None:
         try:
-            if bundle_future is not None:
-                bundle = await asyncio.wrap_future(bundle_future)
+            if bundles_future is not None:
+                bundles = await asyncio.wrap_future(bundles_future)
             else:
-                bundle = await asyncio.to_thread(load_configured_model, self.settings)
+                bundles = await asyncio.to_thread(ModelSet(self.settings).load_all)
         except Exception as exc:
             self.load_error = f"{type(exc).__name__}: {exc}"
             log.exception("model load failed")
             return
-        self._wire(bundle)
+        self._wire(bundles)
 
-    def _wire(self, bundle: ModelBundle) -> None:
+    def _wire(self, bundles: Bundles) -> None:
         s, m = self.settings, self.metrics
-        self.bundle = bundle
         if s.cache_enabled:
             self.cache = PredictionCache(s.lru_size, RedisTier.from_settings(s, m), m)
-
-        def run_batch(texts: list[str]) -> list[Ranked]:
-            with m.forward_seconds.time():
-                return bundle.predict(texts, max_forward_batch=s.max_batch_size,
-                                      max_forward_tokens=s.max_forward_tokens)
-
-        batcher: MicroBatcher[str, Ranked] = MicroBatcher(
-            run_batch, max_batch_size=s.max_batch_size, max_queue=s.max_queue,
-            max_wait_ms=s.max_wait_ms, retry_after_s=s.retry_after_s, metrics=m,
-            workers=s.workers)
-        batcher.start()
         limits = Limits(s.max_text_chars, s.bulk_max_items, s.request_timeout_s)
-        self.service = PredictionService(bundle, batcher, self.cache, m, limits)
-        m.model_info.labels(bundle.name, bundle.version, s.k_service, s.k_revision,
-                            s.k_configuration).set(1)
-        m.model_load_seconds.set(bundle.load_seconds)
+        services = {}
+        for name, bundle in bundles.items():
+            batcher = self._batcher(name, bundle)
+            batcher.start()
+            services[name] = PredictionService(bundle, batcher, self.cache, m, limits)
+            m.model_info.labels(bundle.name, bundle.version, s.k_service, s.k_revision,
+                                s.k_configuration).set(1)
+        self.services, self.default = services, next(iter(bundles))
+        m.model_load_seconds.set(sum(b.load_seconds for b in bundles.values()))
         # Startup leaves many long-lived objects (with transformers/torch loaded ~180k; a full
         # GC pass over them took 89 ms, a stall every request on the loop waits out). Freeze.
         gc.collect()
         gc.freeze()
         if not self.draining:
             m.ready.set(1)
-        log.info("ready", extra={"model": bundle.name, "version": bundle.version})
+        log.info("ready", extra={"models": {n: b.version for n, b in bundles.items()},
+                                 "default": self.default})
+
+    def _batcher(self, name: str, bundle: ModelBundle) -> MicroBatcher[str, Ranked]:
+        s = self.settings
+        forward = self.metrics.forward_seconds.labels(name)
+
+        def run_batch(texts: list[str]) -> list[Ranked]:
+            with forward.time():
+                return bundle.predict(texts, max_forward_batch=s.max_batch_size,
+                                      max_forward_tokens=s.max_forward_tokens)
+
+        return MicroBatcher(run_batch, max_batch_size=s.max_batch_size, max_queue=s.max_queue,
+                            max_wait_ms=s.max_wait_ms, retry_after_s=s.retry_after_s,
+                            metrics=self.metrics, workers=s.workers, model=name)
 
     async def cache_state(self) -> dict[str, Any]:
         """What /readyz says about the cache."""
@@ -116,7 +142,7 @@ class Runtime:
         """Finish queued work, flush cache writes, close connections."""
         if self._loader is not None and not self._loader.done():
             self._loader.cancel()
-        if self.service is not None:
-            await self.service.batcher.stop()
+        for service in self.services.values():
+            await service.batcher.stop()
         if self.cache is not None:
             await self.cache.close()

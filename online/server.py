@@ -42,16 +42,16 @@ def tune_malloc(arenas: int, mmap_threshold: int) -> None:
             libc.mallopt(-3, mmap_threshold)  # M_MMAP_THRESHOLD (also stops its growth)
 
 
-def preload(settings: Settings) -> Future[ModelBundle]:
-    """Start loading the model (torch import, weights, warm-up) in a thread right away, so
-    it overlaps importing and starting the web stack: part of cold start."""
-    future: Future[ModelBundle] = Future()
+def preload(settings: Settings) -> Future[dict[str, ModelBundle]]:
+    """Start loading the models (weights, warm-up) in a thread right away, so it overlaps
+    importing and starting the web stack: part of cold start."""
+    future: Future[dict[str, ModelBundle]] = Future()
 
     def work() -> None:
-        from common.training import load_configured_model
+        from common.models import ModelSet
 
         try:
-            future.set_result(load_configured_model(settings))
+            future.set_result(ModelSet(settings).load_all())
         except BaseException as exc:
             future.set_exception(exc)
 
@@ -93,10 +93,10 @@ def serve(settings: Settings | None = None) -> int:
     setup_logging(settings)
     log.info("starting", extra={"settings": settings.masked()})
     settings.warn_shared_redis()
-    bundle = preload(settings) if settings.role != "jobs" else None
+    models = preload(settings) if settings.role != "jobs" else None
     from online.app import create_app  # after preload: fastapi's import overlaps the load
 
-    app = create_app(settings, bundle_future=bundle)
+    app = create_app(settings, bundles_future=models)
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, log_config=None, access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,

@@ -67,7 +67,7 @@ async def test_queue_builds_into_one_batch_while_model_is_busy() -> None:
     model.gate.set()
     await asyncio.gather(first, *rest)
     assert [len(b) for b in model.batches] == [1, 10]
-    assert metrics.registry.get_sample_value("surge_batch_size_sum") == 11
+    assert metrics.registry.get_sample_value("surge_batch_size_sum", {"model": ""}) == 11
     await batcher.stop()
 
 
@@ -84,7 +84,7 @@ async def test_full_queue_is_refused_with_retry_after() -> None:
         batcher.submit("one too many", far())
     assert refused.value.retry_after == 2
     assert metrics.registry.get_sample_value(
-        "surge_rejected_total", {"reason": "overloaded"}) == 1
+        "surge_rejected_total", {"model": "", "reason": "overloaded"}) == 1
     model.gate.set()
     assert await asyncio.gather(busy, *queued) == ["BUSY", "Q0", "Q1", "Q2"]
     await batcher.stop()
