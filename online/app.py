@@ -51,7 +51,10 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
     app.state.runtime = rt
     app.include_router(ops_router)
     if settings.role != "jobs":
+        from online.oip import router as oip_router
+
         app.include_router(router)
+        app.include_router(oip_router)
     if settings.redis_url:
         from batch.api import router as jobs_router
 

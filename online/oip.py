@@ -1,0 +1,239 @@
+"""Open Inference Protocol (KServe / Triton "v2" REST): health, server and model metadata,
+and infer with a BYTES tensor of texts in, `label` (BYTES), `score` (FP32) and `scores`
+(FP32, one column per label in the model's label order) out. JSON tensors and the binary tensor
+data extension (what tritonclient sends by default) both work. Requests go through the same
+cache and micro-batcher as /v1; errors are the protocol's `{"error": "<message>"}`."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Request, Response
+from fastapi.responses import JSONResponse
+
+from common.errors import InvalidInput, SurgeError
+from online.runtime import Runtime
+from online.service import PredictionService
+
+router = APIRouter(tags=["open inference protocol"])
+HEADER_LENGTH = "inference-header-content-length"
+OUTPUTS = ("label", "score", "scores")
+
+
+async def _runtime(request: Request) -> Runtime:
+    rt: Runtime = request.app.state.runtime
+    return rt
+
+
+RuntimeDep = Annotated[Runtime, Depends(_runtime)]
+
+
+class ProtocolError(Exception):
+    """An error in the protocol's shape: status and a message."""
+
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def _service(rt: Runtime, name: str, version: str | None = None) -> PredictionService:
+    try:
+        service = rt.require_service(name)
+    except SurgeError as exc:
+        raise ProtocolError(exc.status, exc.message) from exc
+    if version is not None and version != service.bundle.version:
+        raise ProtocolError(404, f"model {name!r} has no version {version!r} "
+                                 f"(serving {service.bundle.version})")
+    return service
+
+
+@router.get("/v2")
+async def server_metadata() -> dict[str, Any]:
+    """Server metadata."""
+    return {"name": "surgeserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+
+
+@router.get("/v2/health/live")
+async def live() -> dict[str, bool]:
+    """Liveness."""
+    return {"live": True}
+
+
+@router.get("/v2/health/ready")
+async def ready(rt: RuntimeDep) -> Response:
+    """Readiness: every model loaded and not draining."""
+    return JSONResponse({"ready": rt.ready}, status_code=200 if rt.ready else 503)
+
+
+@router.get("/v2/models/{name}")
+@router.get("/v2/models/{name}/versions/{version}")
+async def model_metadata(name: str, rt: RuntimeDep, version: str | None = None) -> Response:
+    """Model metadata: versions, platform, input and output tensors."""
+    try:
+        bundle = _service(rt, name, version).bundle
+    except ProtocolError as exc:
+        return _error(exc.status, exc.message)
+    return JSONResponse({
+        "name": name, "versions": [bundle.version], "platform": f"surgeserve-{bundle.backend.kind}",
+        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+        "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                    {"name": "score", "datatype": "FP32", "shape": [-1]},
+                    {"name": "scores", "datatype": "FP32", "shape": [-1, len(bundle.labels)]}],
+        "parameters": {"labels": bundle.labels}})
+
+
+@router.get("/v2/models/{name}/ready")
+@router.get("/v2/models/{name}/versions/{version}/ready")
+async def model_ready(name: str, rt: RuntimeDep, version: str | None = None) -> Response:
+    """Model readiness (404 for a model not served)."""
+    try:
+        _service(rt, name, version)
+    except ProtocolError as exc:
+        if exc.status == 503:
+            return JSONResponse({"name": name, "ready": False}, status_code=503)
+        return _error(exc.status, exc.message)
+    return JSONResponse({"name": name, "ready": not rt.draining})
+
+
+@router.post("/v2/models/{name}/infer")
+@router.post("/v2/models/{name}/versions/{version}/infer")
+async def infer(name: str, request: Request, rt: RuntimeDep,
+                version: str | None = None) -> Response:
+    """Classify a BYTES tensor of texts (shape [N] or [N, 1])."""
+    try:
+        service = _service(rt, name, version)
+        header, texts = _parse(await request.body(), request.headers.get(HEADER_LENGTH))
+        wanted = _wanted_outputs(header)
+        try:
+            results = await service.predict_many(texts)
+        except InvalidInput as exc:
+            raise ProtocolError(400, _with_detail(exc)) from exc
+        except SurgeError as exc:
+            raise ProtocolError(exc.status, exc.message) from exc
+    except ProtocolError as exc:
+        return _error(exc.status, exc.message)
+    labels = service.bundle.labels
+    tensors: dict[str, tuple[str, list[int], list[Any]]] = {
+        "label": ("BYTES", [len(results)], [r.label for r in results]),
+        "score": ("FP32", [len(results)], [r.score for r in results]),
+        "scores": ("FP32", [len(results), len(labels)],
+                   [dict(r.scores)[label] for r in results for label in labels]),
+    }
+    body: dict[str, Any] = {"model_name": name, "model_version": service.bundle.version}
+    if "id" in header:
+        body["id"] = header["id"]
+    return _encode(body, [(n, *tensors[n], binary) for n, binary in wanted])
+
+
+def _with_detail(exc: InvalidInput) -> str:
+    return f"{exc.message} ({json.dumps(exc.detail)})" if exc.detail else exc.message
+
+
+def _parse(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[str]]:
+    """The request's JSON header and its one BYTES input, from JSON or binary tensor data."""
+    try:
+        split = int(header_length) if header_length is not None else len(raw)
+        header = json.loads(raw[:split])
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(400, "the request is not a valid inference request "
+                                 "(JSON header expected)") from exc
+    if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
+        raise ProtocolError(400, "an inference request needs \"inputs\": [tensor]")
+    if len(header["inputs"]) != 1:
+        raise ProtocolError(400, f"expected exactly one input tensor (BYTES texts), got "
+                                 f"{len(header['inputs'])}")
+    tensor = header["inputs"][0]
+    if not isinstance(tensor, dict) or tensor.get("datatype") != "BYTES":
+        raise ProtocolError(400, "the input tensor must have datatype BYTES")
+    shape = tensor.get("shape")
+    if (not isinstance(shape, list) or not shape or len(shape) > 2
+            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or (len(shape) == 2 and shape[1] != 1)):
+        raise ProtocolError(400, "the input shape must be [N] or [N, 1]")
+    count = math.prod(shape)
+    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if size is not None:
+        texts = _binary_strings(raw[split:split + int(size)], count)
+    else:
+        texts = _json_strings(tensor.get("data"), count)
+    if not texts:
+        raise ProtocolError(400, "the input tensor is empty")
+    return header, texts
+
+
+def _json_strings(data: Any, count: int) -> list[str]:
+    flat = list(_flatten(data)) if isinstance(data, list) else None
+    if flat is None or not all(isinstance(t, str) for t in flat):
+        raise ProtocolError(400, "BYTES input data must be a list of strings")
+    if len(flat) != count:
+        raise ProtocolError(400, f"the input shape says {count} elements, data has {len(flat)}")
+    return flat
+
+
+def _flatten(data: list[Any]) -> Any:
+    for item in data:
+        if isinstance(item, list):
+            yield from _flatten(item)
+        else:
+            yield item
+
+
+def _binary_strings(blob: bytes, count: int) -> list[str]:
+    """BYTES elements in the binary extension: 4-byte little-endian length, then the bytes."""
+    texts, offset = [], 0
+    try:
+        while offset < len(blob):
+            (length,) = struct.unpack_from("<I", blob, offset)
+            offset += 4
+            texts.append(blob[offset:offset + length].decode("utf-8"))
+            offset += length
+    except (struct.error, UnicodeDecodeError) as exc:
+        raise ProtocolError(400, "malformed binary BYTES tensor data") from exc
+    if len(texts) != count or offset != len(blob):
+        raise ProtocolError(400, f"the input shape says {count} elements, the binary data "
+                                 f"holds {len(texts)}")
+    return texts
+
+
+def _wanted_outputs(header: dict[str, Any]) -> list[tuple[str, bool]]:
+    """(output name, as binary data) for each requested output; all three (JSON) if none."""
+    binary_all = bool((header.get("parameters") or {}).get("binary_data_output"))
+    requested = header.get("outputs")
+    if not requested:
+        return [(name, binary_all) for name in OUTPUTS]
+    wanted = []
+    for output in requested:
+        name = output.get("name") if isinstance(output, dict) else None
+        if name not in OUTPUTS:
+            raise ProtocolError(400, f"unknown output {name!r}: the outputs are "
+                                     f"{', '.join(OUTPUTS)}")
+        binary = (output.get("parameters") or {}).get("binary_data", binary_all)
+        wanted.append((name, bool(binary)))
+    return wanted
+
+
+def _encode(body: dict[str, Any], tensors: list[tuple[str, str, list[int], list[Any], bool]],
+            ) -> Response:
+    """The response: JSON, or a JSON header followed by binary tensor data."""
+    outputs, blobs = [], []
+    for name, datatype, shape, data, binary in tensors:
+        tensor: dict[str, Any] = {"name": name, "datatype": datatype, "shape": shape}
+        if binary:
+            blob = (b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in data)
+                    if datatype == "BYTES" else struct.pack(f"<{len(data)}f", *data))
+            tensor["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            tensor["data"] = data
+        outputs.append(tensor)
+    header = json.dumps(body | {"outputs": outputs}, separators=(",", ":")).encode()
+    if not blobs:
+        return Response(header, media_type="application/json")
+    return Response(header + b"".join(blobs), media_type="application/octet-stream",
+                    headers={"Inference-Header-Content-Length": str(len(header))})
