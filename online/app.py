@@ -52,9 +52,11 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
     app.include_router(ops_router)
     if settings.role != "jobs":
         from online.oip import router as oip_router
+        from online.playground import router as playground_router
 
         app.include_router(router)
         app.include_router(oip_router)
+        app.include_router(playground_router)
     if settings.redis_url:
         from batch.api import router as jobs_router
 

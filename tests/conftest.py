@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -92,3 +93,17 @@ class LiveServer:
 def live_server():  # type: ignore[no-untyped-def]
     """Factory: `with live_server(app) as srv: srv.url`."""
     return LiveServer
+
+
+@pytest.fixture
+def make_app(default_bundle):  # type: ignore[no-untyped-def]
+    """Factory: an app over the already-loaded default model with settings overrides."""
+    from common.metrics import Metrics
+    from common.settings import Settings
+    from online.app import create_app
+
+    def factory(**overrides: Any):  # type: ignore[no-untyped-def]
+        settings = Settings(access_log=False, **overrides)
+        return create_app(settings, bundle=default_bundle, metrics=Metrics())
+
+    return factory
