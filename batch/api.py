@@ -27,8 +27,14 @@ async def job_service(request: Request) -> JobService:
     return service
 
 
+def principal(request: Request) -> str | None:
+    """The API key's name the access guard found (None when jobs are open)."""
+    return getattr(request.state, "principal", None)
+
+
 Jobs = Annotated[JobService, Depends(job_service)]
 router = APIRouter(tags=["jobs"])
+events_router = APIRouter(tags=["events"])  # the Knative Trigger's side: its own access rule
 
 
 def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -95,15 +101,15 @@ async def submit_job(request: Request, jobs: Jobs,
     except UnicodeDecodeError as exc:
         raise InvalidInput("body is not UTF-8") from exc
     job, created = await jobs.submit(texts, request.headers.get("idempotency-key"),
-                                     model=named or model)
+                                     model=named or model, owner=principal(request))
     return JSONResponse(_view(job), status_code=202 if created else 200,
                         headers={"Location": f"/v1/jobs/{job['id']}"})
 
 
 @router.get("/v1/jobs/{job_id}", responses=_errors(404, 503))
-async def job_status(job_id: str, jobs: Jobs) -> dict[str, Any]:
+async def job_status(request: Request, job_id: str, jobs: Jobs) -> dict[str, Any]:
     """Status (queued, running, succeeded, failed, cancelled) and exact progress."""
-    return _view(await jobs.get(job_id))
+    return _view(await jobs.get(job_id, principal(request)))
 
 
 @router.get("/v1/jobs/{job_id}/results", responses=_errors(404, 503))
@@ -112,11 +118,11 @@ async def job_results(request: Request, job_id: str, jobs: Jobs,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
     """A page of `{index, label, score, scores}`; `Accept: application/x-ndjson` streams all."""
     if NDJSON in request.headers.get("accept", ""):
-        job = await jobs.get(job_id)
+        job = await jobs.get(job_id, principal(request))
         lines: Iterator[bytes] = (json.dumps(r).encode() + b"\n"
                                   for r in jobs.store.iter_results(job_id, job["total"]))
         return StreamingResponse(lines, media_type=NDJSON)
-    job, page = await jobs.results(job_id, offset, limit)
+    job, page = await jobs.results(job_id, offset, limit, principal(request))
     following = offset + limit
     next_link = (f"/v1/jobs/{job_id}/results?offset={following}&limit={limit}"
                  if following < job["total"] else None)
@@ -125,24 +131,26 @@ async def job_results(request: Request, job_id: str, jobs: Jobs,
 
 
 @router.delete("/v1/jobs/{job_id}", responses=_errors(404, 503))
-async def cancel_job(job_id: str, jobs: Jobs) -> dict[str, Any]:
+async def cancel_job(request: Request, job_id: str, jobs: Jobs) -> dict[str, Any]:
     """Cancel: chunks not yet run are skipped; results already written stay readable."""
-    return _view(await jobs.cancel(job_id))
+    return _view(await jobs.cancel(job_id, principal(request)))
 
 
-@router.post("/events", status_code=202, responses=_errors(400, 413, 415, 422, 503))
+@events_router.post("/events", status_code=202, responses=_errors(400, 413, 415, 422, 503))
 async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
     """CloudEvents 1.0 sink (binary or structured): `dev.surgeserve.bulk.requested` with
     `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job."""
     event, binary = events.parse(dict(request.headers), await request.body())
     key = f"ce:{event.get_source()}:{event.get_id()}"
     texts, model = events.job_of(event)
-    job, _ = await jobs.submit(texts, key, source="cloudevent", model=model)
+    job, _ = await jobs.submit(texts, key, source="cloudevent", model=model,
+                               owner=principal(request))
     message = events.reply(job, binary=binary)
     return Response(message.body, status_code=202, headers=message.headers)
 
 
-@router.post("/events/dead-letter", status_code=202, responses=_errors(400, 413, 415, 422, 503))
+@events_router.post("/events/dead-letter", status_code=202,
+                    responses=_errors(400, 413, 415, 422, 503))
 async def dead_letter_sink(request: Request, jobs: Jobs) -> Response:
     """The Trigger's dead-letter sink: any CloudEvent the Broker gave up delivering is kept
     (newest 10,000, Redis list `surge:deadletter`), logged and counted; nothing is lost."""

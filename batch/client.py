@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,7 @@ def submit(url: str, path: Path, *, column: str, wait: bool, out: Path | None,
     texts = read_texts(path, column)
     body = "".join(json.dumps(t) + "\n" for t in texts).encode()
     headers = {"content-type": "application/x-ndjson"} | ({"idempotency-key": key} if key else {})
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with httpx.Client(base_url=url, timeout=60, headers=_auth()) as client:
         response = client.post("/v1/jobs", content=body, headers=headers)
         if response.status_code >= 300:
             print(response.text, file=sys.stderr)
@@ -82,12 +83,18 @@ def download(client: httpx.Client, job_id: str, out: Path | None) -> int:
 
 def status(url: str, job_id: str) -> int:
     """Print a job's status JSON."""
-    response = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30)
+    response = httpx.get(f"{url}/v1/jobs/{job_id}", timeout=30, headers=_auth())
     print(json.dumps(response.json(), indent=2))
     return 0 if response.status_code == 200 else 1
 
 
+def _auth() -> dict[str, str]:
+    """The API key from SURGE_API_KEY, when the server wants one."""
+    key = os.environ.get("SURGE_API_KEY")
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
 def results(url: str, job_id: str, out: Path | None) -> int:
     """Download a job's results as NDJSON."""
-    with httpx.Client(base_url=url, timeout=60) as client:
+    with httpx.Client(base_url=url, timeout=60, headers=_auth()) as client:
         return download(client, job_id, out)

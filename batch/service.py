@@ -11,7 +11,14 @@ import redis
 
 from batch.celery_app import RUN_CHUNK
 from batch.store import JobStore
-from common.errors import EmptyText, InvalidInput, JobsUnavailable, TextTooLong, TooManyItems
+from common.errors import (
+    EmptyText,
+    InvalidInput,
+    JobsUnavailable,
+    NotFound,
+    TextTooLong,
+    TooManyItems,
+)
 from common.metrics import Metrics
 from common.settings import Settings
 
@@ -78,7 +85,7 @@ class JobService:
                                     {"model": model, "available": names})
 
     async def submit(self, texts: list[str], idempotency_key: str | None = None, *,
-                     source: str = "http", model: str | None = None,
+                     source: str = "http", model: str | None = None, owner: str | None = None,
                      ) -> tuple[dict[str, Any], bool]:
         """Store the job and enqueue its chunks; an idempotent replay returns the first job.
         `model` names one of the served models (None: the default)."""
@@ -86,7 +93,8 @@ class JobService:
         self.check_model(model)
         job, created = await self._call(
             self.store.create, texts, chunk_size=self.settings.job_chunk_size,
-            model=model or "", version="pending", idempotency_key=idempotency_key)
+            model=model or "", version="pending", idempotency_key=idempotency_key,
+            owner=owner or "")
         if created:
             await self._call(self._enqueue, job["id"], job["chunks"])
             self.metrics.jobs_submitted.labels(source).inc()
@@ -102,16 +110,23 @@ class JobService:
             self.celery.send_task(RUN_CHUNK, args=[job_id, chunk],
                                   queue=self.settings.job_queue)
 
-    async def get(self, job_id: str) -> dict[str, Any]:
-        """Status and exact progress (404 when unknown or expired)."""
-        return await self._call(self.store.require, job_id)
+    async def get(self, job_id: str, principal: str | None = None) -> dict[str, Any]:
+        """Status and exact progress. 404 when unknown, expired, or owned by another key
+        (the same answer: a key learns nothing about other keys' jobs)."""
+        job = await self._call(self.store.require, job_id)
+        owner = job.get("owner") or ""
+        if principal is not None and owner and owner != principal:
+            raise NotFound("no such job (unknown id, or its results expired)", {"id": job_id})
+        return job
 
-    async def results(self, job_id: str, offset: int, limit: int) -> tuple[dict[str, Any],
-                                                                           list[dict[str, Any]]]:
+    async def results(self, job_id: str, offset: int, limit: int,
+                      principal: str | None = None,
+                      ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """The job and one page of its results."""
-        job = await self.get(job_id)
+        job = await self.get(job_id, principal)
         return job, await self._call(self.store.results, job_id, offset, limit)
 
-    async def cancel(self, job_id: str) -> dict[str, Any]:
+    async def cancel(self, job_id: str, principal: str | None = None) -> dict[str, Any]:
         """Cancel; chunks not yet run are skipped."""
+        await self.get(job_id, principal)
         return await self._call(self.store.cancel, job_id)

@@ -68,12 +68,15 @@ class JobStore:
                                         decode_responses=True), ttl_s=ttl_s)
 
     def create(self, texts: list[str], *, chunk_size: int, model: str, version: str,
-               idempotency_key: str | None = None) -> tuple[dict[str, Any], bool]:
+               idempotency_key: str | None = None, owner: str = "",
+               ) -> tuple[dict[str, Any], bool]:
         """A new queued job, or the existing one for this idempotency key (created=False)."""
         job_id = secrets.token_urlsafe(16)  # unguessable: the id is the capability to read
         idem = None
         if idempotency_key:
-            idem = "surge:idem:" + hashlib.sha256(idempotency_key.encode()).hexdigest()
+            # per owner: another key's Idempotency-Key never returns this key's job
+            scoped = f"{owner}\x00{idempotency_key}" if owner else idempotency_key
+            idem = "surge:idem:" + hashlib.sha256(scoped.encode()).hexdigest()
             if not self.redis.set(idem, job_id, nx=True, ex=self.ttl_s):
                 existing = self.redis.get(idem)
                 if existing and (job := self.get(str(existing))):
@@ -82,7 +85,8 @@ class JobStore:
         chunks = (len(texts) + chunk_size - 1) // chunk_size
         meta: dict[Any, Any] = {
             "id": job_id, "status": QUEUED, "total": len(texts), "chunk_size": chunk_size,
-            "chunks": chunks, "created_at": _now(), "model": model, "version": version}
+            "chunks": chunks, "created_at": _now(), "model": model, "version": version,
+            "owner": owner}
         try:
             with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(_key(job_id), mapping=meta)

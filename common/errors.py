@@ -26,6 +26,27 @@ class SurgeError(Exception):
         """The stable JSON error body."""
         return error_body(self.code, self.message, self.detail)
 
+    def headers(self) -> dict[str, str]:
+        """Response headers this error needs (Retry-After, WWW-Authenticate)."""
+        return {"Retry-After": str(self.retry_after)} if self.retry_after else {}
+
+
+class Unauthorized(SurgeError):
+    """No API key, or one that is not known."""
+
+    status = 401
+    code = "unauthorized"
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": 'Bearer realm="surgeserve"'}
+
+
+class RateLimited(SurgeError):
+    """This key (or client) spent its request budget; retry after Retry-After seconds."""
+
+    status = 429
+    code = "rate_limited"
+
 
 class InvalidInput(SurgeError):
     status = 422

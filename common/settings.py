@@ -91,6 +91,18 @@ class Settings(BaseSettings):
     # The worker's Prometheus endpoint (chunk, item and job metrics); 0 turns it off.
     worker_metrics_port: int = Field(9091, ge=0, le=65535)
 
+    # Access. API keys as "name:sha256-of-key" pairs, comma-separated (`surgeserve keys new
+    # NAME` makes one); the keys themselves are never stored. Unset: no keys, all open. With
+    # keys, jobs belong to the key that made them; health, readiness and metrics stay open.
+    api_keys: str | None = None
+    predict_auth: Literal["keyed", "open"] = "keyed"  # /v1/predict..., /v2 (with keys set)
+    events_auth: Literal["keyed", "open"] = "open"  # /events: the Knative Trigger sends no key
+    # Per key (or client address without keys), shared by all replicas through the cache
+    # Redis (per replica when there is none): rate_limit_rps tokens/s, bursts up to
+    # rate_limit_burst; 0 turns it off.
+    rate_limit_rps: float = Field(0.0, ge=0)
+    rate_limit_burst: int = Field(20, ge=1)
+
     # Shutdown: after SIGTERM, wait drain_delay_s with readiness at 503 (so the router stops
     # sending), then let in-flight requests finish for up to shutdown_grace_s.
     drain_delay_s: float = Field(0.0, ge=0)
@@ -111,6 +123,13 @@ class Settings(BaseSettings):
                 return "off"
             if lowered in {"1", "true", "yes", "on", "enabled"}:
                 return "on"
+        return value
+
+    @field_validator("api_keys")
+    @classmethod
+    def _api_keys_spec(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_api_keys(value)
         return value
 
     @field_validator("models")
@@ -161,6 +180,8 @@ class Settings(BaseSettings):
             if out.get(key):
                 out[key] = mask_url(out[key])
         out["model_dir"] = str(out["model_dir"]) if out["model_dir"] else None
+        if out.get("api_keys"):  # names only: even hashes stay out of logs
+            out["api_keys"] = sorted(parse_api_keys(out["api_keys"]))
         return out
 
     def warn_shared_redis(self) -> None:
@@ -171,6 +192,23 @@ class Settings(BaseSettings):
                 "allkeys-lru eviction, the job store must never evict. "
                 "Use two servers in production."
             )
+
+
+def parse_api_keys(spec: str) -> dict[str, str]:
+    """`"alice:<sha256 hex>,bob:<sha256 hex>"` -> {name: hash}."""
+    out: dict[str, str] = {}
+    for part in spec.split(","):
+        name, sep, digest = part.strip().partition(":")
+        if not sep or not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", name):
+            raise ValueError(f"SURGE_API_KEYS entry {part.strip()[:20]!r}...: expected "
+                             "name:sha256-hex (surgeserve keys new NAME)")
+        if not re.fullmatch(r"[0-9a-f]{64}", digest.lower()):
+            raise ValueError(f"SURGE_API_KEYS entry for {name!r}: the hash must be 64 hex "
+                             "characters (the SHA-256 of the key, never the key)")
+        if name in out:
+            raise ValueError(f"SURGE_API_KEYS: {name!r} is listed twice")
+        out[name] = digest.lower()
+    return out
 
 
 def parse_models(spec: str) -> dict[str, Path]:

@@ -8,7 +8,7 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -16,12 +16,18 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.bundle import ModelBundle
 from common.errors import SurgeError, error_body
 from common.metrics import Metrics
+from common.schemas import ErrorResponse
 from common.settings import Settings
 from online.middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from online.routes import ops_router, router
 from online.runtime import Runtime
+from online.security import Security, guard
 
 log = logging.getLogger(__name__)
+# What the access guard may answer on the routes it protects (documented in OpenAPI).
+GUARDED: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "API key missing or unknown"},
+    429: {"model": ErrorResponse, "description": "rate limit: retry after Retry-After"}}
 
 
 def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
@@ -45,22 +51,29 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
             app.state.jobs = _job_service(settings, rt.metrics)
         yield
         await rt.stop()
+        await app.state.security.limiter.close()
 
     app = FastAPI(title="surgeserve", version="0.1.0", lifespan=lifespan,
                   description="Cached, micro-batched text classification.")
     app.state.runtime = rt
-    app.include_router(ops_router)
+    app.state.security = Security.from_settings(settings)
+    app.include_router(ops_router)  # health, readiness, metrics: always open
     if settings.role != "jobs":
         from online.oip import router as oip_router
         from online.playground import router as playground_router
 
-        app.include_router(router)
-        app.include_router(oip_router)
+        predict_guard = [Depends(guard("predict"))]
+        app.include_router(router, dependencies=predict_guard, responses=GUARDED)
+        app.include_router(oip_router, dependencies=predict_guard, responses=GUARDED)
         app.include_router(playground_router)
     if settings.redis_url:
+        from batch.api import events_router
         from batch.api import router as jobs_router
 
-        app.include_router(jobs_router)
+        app.include_router(jobs_router, dependencies=[Depends(guard("jobs"))],
+                           responses=GUARDED)
+        app.include_router(events_router, dependencies=[Depends(guard("events"))],
+                           responses=GUARDED)
     _install_error_handlers(app)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        large={"/v1/jobs": settings.job_max_bytes,
@@ -80,8 +93,7 @@ def _job_service(settings: Settings, metrics: Metrics) -> Any:
 
 
 def _error_response(error: SurgeError) -> JSONResponse:
-    headers = {"Retry-After": str(error.retry_after)} if error.retry_after else None
-    return JSONResponse(error.body(), status_code=error.status, headers=headers)
+    return JSONResponse(error.body(), status_code=error.status, headers=error.headers() or None)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

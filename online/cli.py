@@ -91,6 +91,15 @@ def _cmd_job(args: argparse.Namespace) -> int:
     return results(args.url, args.id, Path(args.out) if args.out else None)
 
 
+def _cmd_keys_new(args: argparse.Namespace) -> int:
+    from common.auth import hash_key, new_key
+
+    key = new_key()
+    print(f"key (give it to the client; it is not stored anywhere): {key}")
+    print(f"SURGE_API_KEYS entry (add it, comma-separated):        {args.name}:{hash_key(key)}")
+    return 0
+
+
 def _cmd_up(args: argparse.Namespace) -> int:
     from online.stack import up
 
@@ -132,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="local stack: cache Redis, jobs Redis, API; Ctrl-C stops")
     up.add_argument("--port", type=int, default=None, help="API port (default $PORT or 8080)")
     up.set_defaults(func=_cmd_up)
+
+    keys = sub.add_parser("keys", help="API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    knew = ksub.add_parser("new", help="make a key: prints it and its SURGE_API_KEYS entry")
+    knew.add_argument("name", help="who the key is for (jobs belong to it)")
+    knew.set_defaults(func=_cmd_keys_new)
 
     model = sub.add_parser("model", help="build, inspect or benchmark a model bundle")
     msub = model.add_subparsers(dest="model_command", required=True)

@@ -36,7 +36,9 @@ PAGE = """<!doctype html>
 <body>
 <h1>surgeserve playground</h1>
 <nav><a href="/docs">API docs</a><a href="/metrics">metrics</a>
-<a href="/v1/models">models</a></nav>
+<a href="/v1/models">models</a>
+<label>API key <input id="key" type="password" size="18" autocomplete="off"
+  placeholder="if the server wants one"></label></nav>
 
 <section>
   <label for="model">Model</label> <select id="model"></select>
@@ -58,6 +60,16 @@ PAGE = """<!doctype html>
 <script>
 const $ = (id) => document.getElementById(id);
 let timer = null, seq = 0;
+$("key").value = sessionStorage.getItem("surge-key") || "";
+$("key").addEventListener("change", () => {
+  sessionStorage.setItem("surge-key", $("key").value); loadModels(); });
+
+function api(path, options) {  // every API call carries the key, when one was given
+  const opts = Object.assign({}, options || {});
+  opts.headers = Object.assign({}, opts.headers || {});
+  if ($("key").value) opts.headers["X-API-Key"] = $("key").value;
+  return fetch(path, opts);
+}
 
 function show(node, text, cls) { node.textContent = text; node.className = cls || "muted"; }
 
@@ -67,8 +79,10 @@ async function errorText(res) {
 }
 
 async function loadModels() {
-  const res = await fetch("/v1/models");
+  const res = await api("/v1/models");
   if (!res.ok) { show($("meta"), "models: " + await errorText(res), "error"); return; }
+  $("model").replaceChildren();
+  show($("meta"), "");
   for (const m of (await res.json()).models) {
     const opt = document.createElement("option");
     opt.value = m.name;
@@ -103,7 +117,7 @@ async function predict() {
   const text = $("text").value;
   if (!text.trim()) { $("bars").replaceChildren(); show($("meta"), ""); return; }
   const mine = ++seq, started = performance.now();
-  const res = await fetch("/v1/models/" + encodeURIComponent($("model").value) + "/predict", {
+  const res = await api("/v1/models/" + encodeURIComponent($("model").value) + "/predict", {
     method: "POST", headers: {"Content-Type": "application/json"},
     body: JSON.stringify({text})});
   if (mine !== seq) return;  // a newer keystroke won
@@ -127,7 +141,7 @@ $("submit").addEventListener("click", async () => {
   const lines = (await file.text()).split(/\\r?\\n/).filter((l) => l.trim());
   const body = lines.map((l) => { try { JSON.parse(l); return l; }
                                    catch (e) { return JSON.stringify(l); } }).join("\\n");
-  const res = await fetch("/v1/jobs?model=" + encodeURIComponent($("model").value), {
+  const res = await api("/v1/jobs?model=" + encodeURIComponent($("model").value), {
     method: "POST", headers: {"Content-Type": "application/x-ndjson"}, body});
   if (!res.ok) { show($("job"), "job refused: " + await errorText(res), "error"); return; }
   watch((await res.json()).id);
@@ -137,7 +151,7 @@ async function watch(id) {
   const bar = $("progress");
   bar.hidden = false;
   for (;;) {
-    const res = await fetch("/v1/jobs/" + encodeURIComponent(id));
+    const res = await api("/v1/jobs/" + encodeURIComponent(id));
     if (!res.ok) { show($("job"), await errorText(res), "error"); return; }
     const job = await res.json();
     bar.max = job.total; bar.value = job.done;
@@ -152,8 +166,8 @@ async function watch(id) {
 }
 
 async function offerDownload(id) {
-  const res = await fetch("/v1/jobs/" + encodeURIComponent(id) + "/results",
-                          {headers: {"Accept": "application/x-ndjson"}});
+  const res = await api("/v1/jobs/" + encodeURIComponent(id) + "/results",
+                        {headers: {"Accept": "application/x-ndjson"}});
   const link = $("download");
   link.href = URL.createObjectURL(await res.blob());
   link.download = "results-" + id + ".ndjson";

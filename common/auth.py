@@ -1,0 +1,58 @@
+"""API keys: only their SHA-256 is configured; a presented key is hashed and compared in
+constant time against every configured hash. Transport-free (HTTP reads the headers)."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Mapping
+
+from common.errors import Unauthorized
+from common.settings import parse_api_keys
+
+
+def hash_key(key: str) -> str:
+    """What SURGE_API_KEYS stores for a key."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh random key (256 bits)."""
+    return "sk_" + secrets.token_urlsafe(32)
+
+
+class KeyRing:
+    """The configured keys, by name."""
+
+    def __init__(self, spec: str | None):
+        self._hashes = parse_api_keys(spec) if spec else {}
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any key is configured."""
+        return bool(self._hashes)
+
+    def identify(self, key: str) -> str | None:
+        """The name of the key, or None. Every hash is compared (constant time each)."""
+        digest = hash_key(key)
+        found = None
+        for name, expected in self._hashes.items():
+            if hmac.compare_digest(digest, expected):
+                found = name
+        return found
+
+    def principal(self, headers: Mapping[str, str]) -> str:
+        """The key's name from `Authorization: Bearer <key>` or `X-API-Key: <key>`;
+        Unauthorized (401) when absent or unknown."""
+        key = headers.get("x-api-key")
+        auth = headers.get("authorization", "")
+        if key is None and auth[:7].lower() == "bearer ":
+            key = auth[7:].strip()
+        if not key:
+            raise Unauthorized("an API key is required: Authorization: Bearer <key> or "
+                               "X-API-Key: <key>")
+        name = self.identify(key)
+        if name is None:
+            raise Unauthorized("unknown API key")
+        return name

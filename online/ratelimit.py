@@ -1,0 +1,94 @@
+"""Per-key token buckets. With a cache Redis the bucket lives there (one Lua call per
+request, Redis's clock), so every replica shares it; without one, or while that Redis is
+unreachable, each replica keeps its own (limits are then per replica, never off)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import time
+
+import redis.asyncio as aioredis
+import redis.exceptions
+
+from common.errors import RateLimited
+
+log = logging.getLogger(__name__)
+
+# KEYS[1] bucket; ARGV rate/s, burst, cost. Returns the seconds to wait ("0" = allowed).
+_TAKE = """
+local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1]) or burst
+local ts = tonumber(b[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local wait = 0
+if tokens >= cost then tokens = tokens - cost else wait = (cost - tokens) / rate end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+return tostring(wait)
+"""
+
+
+class RateLimiter:
+    """`await take(who)` raises RateLimited (429, Retry-After) when `who` is over budget."""
+
+    def __init__(self, rate: float, burst: int, redis_url: str | None = None,
+                 down_for_s: float = 5.0):
+        self.rate, self.burst = rate, burst
+        self._redis = (aioredis.Redis.from_url(redis_url, socket_timeout=0.1,
+                                               socket_connect_timeout=0.1)
+                       if redis_url else None)
+        self._script = self._redis.register_script(_TAKE) if self._redis else None
+        self._local: dict[str, tuple[float, float]] = {}
+        self._down_until = 0.0
+        self._down_for_s = down_for_s
+
+    @property
+    def enabled(self) -> bool:
+        """Whether limits apply."""
+        return self.rate > 0
+
+    async def take(self, who: str) -> None:
+        """Spend one token of `who`'s bucket."""
+        if not self.enabled:
+            return
+        wait = await self._shared(who)
+        if wait is None:
+            wait = self._take_local(who)
+        if wait > 0:
+            raise RateLimited(f"rate limit: {self.rate:g} requests/s (bursts of {self.burst})",
+                              {"retry_after_s": round(wait, 3)},
+                              retry_after=max(1, math.ceil(wait)))
+
+    async def _shared(self, who: str) -> float | None:
+        if self._script is None or time.monotonic() < self._down_until:
+            return None
+        key = "surge:rl:" + hashlib.sha256(who.encode()).hexdigest()[:24]
+        try:
+            return float(await self._script(keys=[key], args=[self.rate, self.burst, 1]))
+        except (redis.exceptions.RedisError, OSError) as exc:
+            log.warning("rate limiter: cache Redis unavailable (%s); per-replica buckets "
+                        "for %g s", type(exc).__name__, self._down_for_s)
+            self._down_until = time.monotonic() + self._down_for_s
+            return None
+
+    def _take_local(self, who: str) -> float:
+        now = time.monotonic()
+        if len(self._local) > 100_000:  # bounded memory under many clients: start over
+            self._local.clear()
+        tokens, ts = self._local.get(who, (float(self.burst), now))
+        tokens = min(self.burst, tokens + (now - ts) * self.rate)
+        if tokens >= 1:
+            self._local[who] = (tokens - 1, now)
+            return 0.0
+        self._local[who] = (tokens, now)
+        return (1 - tokens) / self.rate
+
+    async def close(self) -> None:
+        """Close the Redis connection."""
+        if self._redis is not None:
+            await self._redis.aclose()
