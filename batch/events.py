@@ -3,6 +3,7 @@ reply events, and the completion event sent to K_SINK."""
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -49,6 +50,7 @@ def decode(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
     if binary and lowered.get("ce-specversion") != "1.0":
         raise InvalidInput("unsupported CloudEvents specversion",
                            {"specversion": lowered.get("ce-specversion"), "supported": ["1.0"]})
+    _require_attributes(lowered, body, binary)
     try:
         event = from_http(HTTPMessage(headers=lowered, body=body), _FORMAT)
     except Exception as exc:  # the SDK raises several types for malformed events
@@ -57,6 +59,25 @@ def decode(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
         raise InvalidInput("unsupported CloudEvents specversion",
                            {"specversion": event.get_specversion(), "supported": ["1.0"]})
     return event, binary
+
+
+REQUIRED = ("id", "source", "type", "specversion")
+
+
+def _require_attributes(headers: dict[str, str], body: bytes, binary: bool) -> None:
+    """The spec's required attributes must be sent (the SDK would invent a missing id, and
+    then redelivery would no longer be idempotent)."""
+    if binary:
+        present = {k[3:] for k in headers if k.startswith("ce-")}
+    else:
+        try:
+            envelope = json.loads(body)
+        except ValueError as exc:
+            raise InvalidInput("malformed CloudEvent", {"reason": "body is not JSON"}) from exc
+        present = set(envelope) if isinstance(envelope, dict) else set()
+    missing = [name for name in REQUIRED if name not in present]
+    if missing:
+        raise InvalidInput("CloudEvent lacks required attributes", {"missing": missing})
 
 
 def parse(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:

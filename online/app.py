@@ -112,6 +112,10 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 400:  # FastAPI could not parse the body (e.g. JSON nested
+            # deeper than the parser's recursion limit): the client's input, so 422 as usual
+            return JSONResponse(error_body("invalid_input", "body could not be parsed as JSON "
+                                           "(malformed, or nested too deeply)"), 422)
         codes = {404: "not_found", 405: "method_not_allowed"}
         code = codes.get(exc.status_code, "http_error")
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,

@@ -13,12 +13,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from common.errors import InvalidInput, SurgeError
 from online.runtime import Runtime
 from online.service import PredictionService
 
 router = APIRouter(tags=["open inference protocol"])
+
+
+class ProtocolErrorBody(BaseModel):
+    """The protocol's error shape."""
+
+    error: str
+
+
+def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
+    return {code: {"model": ProtocolErrorBody} for code in codes}
 HEADER_LENGTH = "inference-header-content-length"
 OUTPUTS = ("label", "score", "scores")
 
@@ -65,16 +76,25 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", responses={503: {"description": "not ready"}})
 async def ready(rt: RuntimeDep) -> Response:
     """Readiness: every model loaded and not draining."""
     return JSONResponse({"ready": rt.ready}, status_code=200 if rt.ready else 503)
 
 
-@router.get("/v2/models/{name}")
-@router.get("/v2/models/{name}/versions/{version}")
-async def model_metadata(name: str, rt: RuntimeDep, version: str | None = None) -> Response:
+@router.get("/v2/models/{name}", responses=_documented(404, 503))
+async def model_metadata(name: str, rt: RuntimeDep) -> Response:
     """Model metadata: versions, platform, input and output tensors."""
+    return _metadata(rt, name, None)
+
+
+@router.get("/v2/models/{name}/versions/{version}", responses=_documented(404, 503))
+async def model_version_metadata(name: str, version: str, rt: RuntimeDep) -> Response:
+    """Metadata of one version (404 unless it is the version served)."""
+    return _metadata(rt, name, version)
+
+
+def _metadata(rt: Runtime, name: str, version: str | None) -> Response:
     try:
         bundle = _service(rt, name, version).bundle
     except ProtocolError as exc:
@@ -88,10 +108,19 @@ async def model_metadata(name: str, rt: RuntimeDep, version: str | None = None) 
         "parameters": {"labels": bundle.labels}})
 
 
-@router.get("/v2/models/{name}/ready")
-@router.get("/v2/models/{name}/versions/{version}/ready")
-async def model_ready(name: str, rt: RuntimeDep, version: str | None = None) -> Response:
+@router.get("/v2/models/{name}/ready", responses=_documented(404, 503))
+async def model_ready(name: str, rt: RuntimeDep) -> Response:
     """Model readiness (404 for a model not served)."""
+    return _ready(rt, name, None)
+
+
+@router.get("/v2/models/{name}/versions/{version}/ready", responses=_documented(404, 503))
+async def model_version_ready(name: str, version: str, rt: RuntimeDep) -> Response:
+    """Readiness of one version."""
+    return _ready(rt, name, version)
+
+
+def _ready(rt: Runtime, name: str, version: str | None) -> Response:
     try:
         _service(rt, name, version)
     except ProtocolError as exc:
@@ -101,11 +130,20 @@ async def model_ready(name: str, rt: RuntimeDep, version: str | None = None) -> 
     return JSONResponse({"name": name, "ready": not rt.draining})
 
 
-@router.post("/v2/models/{name}/infer")
-@router.post("/v2/models/{name}/versions/{version}/infer")
-async def infer(name: str, request: Request, rt: RuntimeDep,
-                version: str | None = None) -> Response:
+@router.post("/v2/models/{name}/infer", responses=_documented(400, 404, 413, 503, 504))
+async def infer(name: str, request: Request, rt: RuntimeDep) -> Response:
     """Classify a BYTES tensor of texts (shape [N] or [N, 1])."""
+    return await _infer(rt, request, name, None)
+
+
+@router.post("/v2/models/{name}/versions/{version}/infer",
+             responses=_documented(400, 404, 413, 503, 504))
+async def infer_version(name: str, version: str, request: Request, rt: RuntimeDep) -> Response:
+    """Infer with one version (404 unless it is the version served)."""
+    return await _infer(rt, request, name, version)
+
+
+async def _infer(rt: Runtime, request: Request, name: str, version: str | None) -> Response:
     try:
         service = _service(rt, name, version)
         header, texts = _parse(await request.body(), request.headers.get(HEADER_LENGTH))
