@@ -12,8 +12,10 @@ README, Benchmarks). With workers=1 this is the classic one-queue, one-worker ba
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -27,6 +29,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+RATE_WINDOW_S = 5.0
 
 
 @dataclass
@@ -51,6 +56,7 @@ class MicroBatcher(Generic[T, R]):
         metrics: Metrics | None = None,
         workers: int = 1,
         model: str = "",
+        max_queue_wait_s: float = 0.0,
     ):
         self._run_batch = run_batch
         self.max_batch_size = max_batch_size
@@ -67,11 +73,42 @@ class MicroBatcher(Generic[T, R]):
         self._free_workers = asyncio.Semaphore(workers)
         self._loop_task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
+        # Admission by expected wait: items finished in the last RATE_WINDOW_S seconds give
+        # the drain rate; a request whose items would wait longer than max_queue_wait_s is
+        # refused at once instead of queueing into a timeout.
+        self.max_queue_wait_s = max_queue_wait_s
+        self._finished: collections.deque[tuple[float, int]] = collections.deque()
 
     @property
     def depth(self) -> int:
         """Items waiting now."""
         return self._queue.qsize()
+
+    def drain_rate(self) -> float | None:
+        """Items/s the model finished over the last few seconds (None until measured)."""
+        now = time.monotonic()
+        while self._finished and self._finished[0][0] < now - RATE_WINDOW_S:
+            self._finished.popleft()
+        if len(self._finished) < 2:
+            return None
+        span = max(now - self._finished[0][0], 0.5)
+        return sum(n for _, n in self._finished) / span
+
+    def admit(self, count: int) -> None:
+        """Refuse (Overloaded, 503) a request of `count` items whose wait behind what is
+        queued would exceed max_queue_wait_s at the measured drain rate."""
+        if not self.max_queue_wait_s or not self.depth:
+            return
+        rate = self.drain_rate()
+        if rate is None:
+            return
+        wait = (self.depth + count) / rate
+        if wait > self.max_queue_wait_s:
+            self._overloaded.inc(count)
+            raise Overloaded("the prediction queue is longer than a request may wait; retry "
+                             "shortly", {"expected_wait_s": round(wait, 2),
+                                         "max_queue_wait_s": self.max_queue_wait_s},
+                             retry_after=max(self._retry_after_s, math.ceil(wait / 2)))
 
     def start(self) -> None:
         """Start the collate loop on the running event loop."""
@@ -158,6 +195,7 @@ class MicroBatcher(Generic[T, R]):
                 if not item.future.done():
                     item.future.set_exception(error)
             return
+        self._finished.append((time.monotonic(), len(batch)))
         for item, result in zip(batch, results, strict=True):
             if not item.future.done():
                 item.future.set_result(result)

@@ -127,7 +127,8 @@ class Runtime:
 
         return MicroBatcher(run_batch, max_batch_size=s.max_batch_size, max_queue=s.max_queue,
                             max_wait_ms=s.max_wait_ms, retry_after_s=s.retry_after_s,
-                            metrics=self.metrics, workers=s.workers, model=name)
+                            metrics=self.metrics, workers=s.workers, model=name,
+                            max_queue_wait_s=s.max_queue_wait_s)
 
     async def cache_state(self) -> dict[str, Any]:
         """What /readyz says about the cache."""

@@ -88,6 +88,8 @@ class PredictionService:
         if not misses:
             return {}
         deadline = time.monotonic() + self.limits.request_timeout_s
+        new = sum(1 for key in misses if key not in self._inflight)
+        self.batcher.admit(new)  # all or nothing: a request is refused before it queues
         futures: dict[str, asyncio.Future[Ranked]] = {}
         for key, text in misses.items():
             future = self._inflight.get(key)

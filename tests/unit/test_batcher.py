@@ -133,3 +133,37 @@ async def test_stop_finishes_queued_items() -> None:
     futures = [batcher.submit(f"x{i}", far()) for i in range(9)]
     await batcher.stop()
     assert [f.result() for f in futures] == [f"X{i}" for i in range(9)]
+
+
+class SlowModel(FakeModel):
+    """10 ms per batch: a known drain rate."""
+
+    def __call__(self, texts: list[str]) -> list[str]:
+        time.sleep(0.01)
+        return super().__call__(texts)
+
+
+async def test_admission_sheds_what_would_wait_too_long() -> None:
+    model = SlowModel()
+    metrics = Metrics()
+    batcher = MicroBatcher(model, max_batch_size=4, max_queue=10_000, metrics=metrics,
+                           max_queue_wait_s=0.5)
+    batcher.start()
+    batcher.admit(1000)  # nothing queued, no rate measured: admitted
+    await asyncio.gather(*(batcher.submit(f"w{i}", far()) for i in range(40)))
+    rate = batcher.drain_rate()
+    assert rate is not None and rate > 20  # items finished over (at least) half a second
+    model.gate.clear()  # hold the model: a queue builds
+    held = [batcher.submit(f"h{i}", far()) for i in range(int(rate * 0.4))]
+    batcher.admit(1)  # still within 0.5 s of work
+    with pytest.raises(Overloaded) as refused:
+        batcher.admit(int(rate * 0.2))  # would wait past 0.5 s
+    assert refused.value.detail["expected_wait_s"] > 0.5
+    assert refused.value.retry_after >= 1
+    assert metrics.registry.get_sample_value(
+        "surge_rejected_total", {"model": "", "reason": "overloaded"}) == int(rate * 0.2)
+    model.gate.set()
+    await asyncio.gather(*held)
+    unlimited = MicroBatcher(model, max_batch_size=4, max_queue=10, max_queue_wait_s=0)
+    unlimited.admit(10_000)  # 0 turns the check off
+    await batcher.stop()
