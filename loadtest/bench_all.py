@@ -8,6 +8,7 @@
   capacity    python -m loadtest sweep             capacity curve, knee, concurrency under SLO
   simulator   python -m loadtest validate          simulated vs measured, one instance
   tuning      python -m loadtest tune              cheapest Knative settings per trace
+  hardening   python -m loadtest.bench_hardening   overload at 4x capacity, 10-minute soak
 """
 
 from __future__ import annotations
@@ -119,6 +120,22 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     "", f"measured p99 {load['measured']['p99_ms']} ms vs simulated "
                         f"{load['simulated']['p99_ms']} ms",
                     f"{lt} validate --start-server --server-env SURGE_CACHE=off"))
+    hard = "python -m loadtest.bench_hardening"
+    over, soak = r["hardening"]["overload"], r["hardening"]["soak"]
+    out += [
+        ("overload 4x capacity: requests shed (503)", f"{over['shed_fraction']:.0%}", "",
+         f"shed in p99 {over['shed_latency']['p99_ms']} ms; accepted p99 "
+         f"{over['served_latency']['p99_ms']} ms at {over['summary']['rps']} req/s", hard),
+        ("overload: back to full throughput after", f"{over['recovery_s']} s", "<= 5 s",
+         "first second >= 90% of capacity", hard),
+        (f"soak {soak['minutes']:g} min at {soak['rate_rps']} req/s (Zipf, jobs every 30 s)",
+         f"{sum(soak['summary']['errors'].values())} errors", "0",
+         f"p99 {soak['p99_first_minute_ms']} -> {soak['p99_last_minute_ms']} ms (first -> "
+         f"last minute); jobs {soak['jobs']['succeeded']}/{soak['jobs']['submitted']}", hard),
+        ("soak: RSS growth, API / worker",
+         f"{soak['api_rss_growth']:+.1%} / {soak['worker_rss_growth']:+.1%}", "< 5%",
+         f"{soak['rss_mb']}", hard),
+    ]
     for name, outcome in r["tuning"].items():
         best = outcome["best"]
         value = "none meets the SLO" if best is None else (
@@ -148,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10, help="per sweep level / load")
     parser.add_argument("--zipf-seconds", type=float, default=20)
     parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--soak-minutes", type=float, default=10)
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -164,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     results["tuning"] = tuning(results["capacity"]["sweep"])
     for name, outcome in results["tuning"].items():
         print(f"-- {name}\n{explain(outcome)}", flush=True)
+    print("== hardening: overload and soak", flush=True)
+    results["hardening"] = _module(out, "bench_hardening", "--soak-minutes",
+                                   str(args.soak_minutes))
     table = markdown(rows(results))
     (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
     (out / "report.md").write_text(table + "\n")
