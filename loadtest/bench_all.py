@@ -133,7 +133,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
          f"p99 {soak['p99_first_minute_ms']} -> {soak['p99_last_minute_ms']} ms (first -> "
          f"last minute); jobs {soak['jobs']['succeeded']}/{soak['jobs']['submitted']}", hard),
         ("soak: RSS growth, API / worker",
-         f"{soak['api_rss_growth']:+.1%} / {soak['worker_rss_growth']:+.1%}", "< 5%",
+         f"{_pct(soak['api_rss_growth'])} / {_pct(soak['worker_rss_growth'])}", "< 5%",
          f"{soak['rss_mb']}", hard),
     ]
     for name, outcome in r["tuning"].items():
@@ -149,6 +149,10 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         out.append((f"tuned for the {name} trace", value, f"p99 <= {SLO_MS:g} ms", detail,
                     f"{lt} tune --curve bench-results/sweep.json --trace {name}"))
     return out
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:+.1%}"
 
 
 def markdown(table: list[tuple[str, str, str, str, str]]) -> str:
