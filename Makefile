@@ -77,7 +77,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
 
-bench: model  ## every benchmark in one run: bench-results/report.{json,md} (~15 min)
+bench: model  ## every benchmark in one run: bench-results/report.{json,md} (~30 min)
 	$(BIN)/python -m loadtest.bench_all
 
 clean:
