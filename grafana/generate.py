@@ -107,14 +107,16 @@ def online() -> dict[str, Any]:
                      f'sum(rate(surge_cache_lookups_total{{{pred}, tier="lru"}}[{RATE}]))',
              "legendFormat": "overall"}], "percentunit",
             "The LRU sees every lookup, Redis only the LRU's misses."),
-        panel("Batch size", [
-            *quantiles("surge_batch_size", pred, qs=(0.5, 0.9)),
-            {"expr": f"sum(rate(surge_batch_size_sum{{{pred}}}[{RATE}])) / "
-                     f"sum(rate(surge_batch_size_count{{{pred}}}[{RATE}]))",
-             "legendFormat": "mean"}], "short"),
-        panel("Queue wait", quantiles("surge_queue_wait_seconds", pred, qs=(0.5, 0.9, 0.99)),
+        panel("Batch size by model", [
+            *quantiles("surge_batch_size", pred, by="model", qs=(0.5, 0.9)),
+            {"expr": f"sum by (model) (rate(surge_batch_size_sum{{{pred}}}[{RATE}])) / "
+                     f"sum by (model) (rate(surge_batch_size_count{{{pred}}}[{RATE}]))",
+             "legendFormat": "mean {{model}}"}], "short", "Each model has its own batcher."),
+        panel("Queue wait by model", quantiles("surge_queue_wait_seconds", pred, by="model",
+                                               qs=(0.5, 0.99)),
               "s", "Time an item waited for a model thread."),
-        panel("Forward pass", quantiles("surge_forward_seconds", pred, qs=(0.5, 0.9, 0.99)),
+        panel("Forward pass by model", quantiles("surge_forward_seconds", pred, by="model",
+                                                 qs=(0.5, 0.99)),
               "s", "Tokenise + forward + softmax, per batch."),
         panel("In flight per pod vs the Knative target", [
             {"expr": f"avg(surge_requests_in_flight{{{pred}}})",
@@ -132,11 +134,11 @@ def online() -> dict[str, Any]:
              "legendFormat": "ready (surgeserve /readyz)"},
             {"expr": f"max(autoscaler_panic_mode{{{knative}}})", "legendFormat": "panic"}],
             "short"),
-        panel("Rejected (overload, deadline)", [
-            {"expr": f"sum by (reason) (rate(surge_rejected_total{{{pred}}}[{RATE}]))",
-             "legendFormat": "{{reason}}"},
-            {"expr": f"sum(surge_queue_depth{{{pred}}})", "legendFormat": "queued items"}],
-            "short"),
+        panel("Rejected (overload, deadline) and queued", [
+            {"expr": f"sum by (model, reason) (rate(surge_rejected_total{{{pred}}}[{RATE}]))",
+             "legendFormat": "{{model}} {{reason}}"},
+            {"expr": f"sum by (model) (surge_queue_depth{{{pred}}})",
+             "legendFormat": "queued {{model}}"}], "short"),
         panel("Predictions by label", [
             {"expr": f"sum by (model, label) (rate(surge_predictions_total{{{pred}}}[{RATE}]))",
              "legendFormat": "{{model}} {{label}}"}], "short",
