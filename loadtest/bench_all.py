@@ -23,7 +23,8 @@ from typing import Any
 
 from common.corpus import snippets
 from loadtest.bench_online import server
-from loadtest.kpa import Curve, trace
+from loadtest.curve import Curve
+from loadtest.kpa import trace
 from loadtest.run import RunConfig, constant, run
 from loadtest.stats import summary
 from loadtest.sweep import LEVELS, sweep

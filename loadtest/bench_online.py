@@ -29,6 +29,7 @@ from common.corpus import snippets
 from common.redis_server import RedisServer, free_port
 from loadtest.client import Connection
 from loadtest.report import markdown_table, write_report
+from loadtest.stats import latency_ms
 
 
 @dataclass
@@ -105,7 +106,7 @@ async def closed_loop(url: str, texts: list[str], concurrency: int) -> dict[str,
     seconds = time.perf_counter() - started
     return {"requests": len(latencies), "seconds": round(seconds, 3),
             "rps": round(len(latencies) / seconds, 1), "statuses": statuses,
-            **percentiles(latencies)}
+            **latency_ms(latencies)}
 
 
 async def paced(url: str, texts: list[str], concurrency: int, rate: float) -> dict[str, Any]:
@@ -133,7 +134,7 @@ async def paced(url: str, texts: list[str], concurrency: int, rate: float) -> di
     seconds = time.perf_counter() - started
     return {"requests": len(latencies), "offered_rps": round(rate, 1),
             "rps": round(len(latencies) / seconds, 1), "statuses": statuses,
-            **percentiles(latencies)}
+            **latency_ms(latencies)}
 
 
 async def server_buckets(url: str) -> dict[float, float]:
@@ -157,18 +158,6 @@ def p99_bound(before: dict[float, float], after: dict[float, float]) -> float:
     delta = {le: after[le] - before.get(le, 0.0) for le in after}
     total = delta.get(float("inf"), 0.0)
     return next((le * 1000 for le in sorted(delta) if delta[le] >= 0.99 * total), float("nan"))
-
-
-def percentiles(latencies: list[float]) -> dict[str, float]:
-    """p50/p90/p99 in milliseconds (nearest rank)."""
-    ordered = sorted(latencies)
-    if not ordered:
-        return {}
-
-    def rank(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000, 2)
-
-    return {"p50_ms": rank(0.50), "p90_ms": rank(0.90), "p99_ms": rank(0.99)}
 
 
 def raw_throughput(n: int, batch_size: int, env: dict[str, str]) -> dict[str, Any]:

@@ -78,11 +78,12 @@ def parse_stages(spec: str) -> list[Stage]:
         duration, _, target = part.strip().partition(":")
         if not target:
             raise ValueError(f"stage {part!r}: expected DURATION:TARGET, e.g. 30s:16")
-        stages.append(Stage(_seconds(duration), float(target)))
+        stages.append(Stage(seconds_of(duration), float(target)))
     return stages
 
 
-def _seconds(text: str) -> float:
+def seconds_of(text: str) -> float:
+    """`"500ms"`, `"30s"`, `"2m"`, `"1h"` or a bare number of seconds."""
     text = text.strip()
     units = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
     for suffix in ("ms", "s", "m", "h"):

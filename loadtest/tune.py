@@ -13,7 +13,9 @@ from typing import Any
 
 import yaml
 
-from loadtest.kpa import Curve, KpaConfig, SimResult, Trace, simulate
+from loadtest.curve import Curve
+from loadtest.kpa import KpaConfig, SimResult, Trace, simulate
+from loadtest.traffic import seconds_of
 
 PREDICTOR = Path(__file__).resolve().parents[1] / "knative" / "base" / "predictor.yaml"
 ANNOTATION = "autoscaling.knative.dev/"
@@ -56,17 +58,9 @@ def current_config(path: Path = PREDICTOR) -> KpaConfig:
         utilization=float(get("target-utilization-percentage", "70")) / 100,
         min_scale=int(get("min-scale", "0")), max_scale=int(get("max-scale", "0")),
         initial_scale=int(get("initial-scale", "1")),
-        scale_down_delay_s=_seconds(get("scale-down-delay", "0s")),
-        retention_s=_seconds(get("scale-to-zero-pod-retention-period", "0s")),
-        stable_window_s=_seconds(get("window", "60s")))
-
-
-def _seconds(text: str) -> float:
-    text = text.strip()
-    for suffix, factor in (("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)):
-        if text.endswith(suffix):
-            return float(text[: -len(suffix)]) * factor
-    return float(text)
+        scale_down_delay_s=seconds_of(get("scale-down-delay", "0s")),
+        retention_s=seconds_of(get("scale-to-zero-pod-retention-period", "0s")),
+        stable_window_s=seconds_of(get("window", "60s")))
 
 
 def tune(curve: Curve, load: Trace, cold_start_s: float, slo_p99_ms: float,

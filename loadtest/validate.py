@@ -9,7 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from loadtest.kpa import Curve, KpaConfig, simulate, trace
+from loadtest.curve import Curve
+from loadtest.kpa import KpaConfig, simulate, trace
 from loadtest.run import RunConfig, TextSource, constant, run
 from loadtest.stats import summary
 from loadtest.sweep import LEVELS, sweep
