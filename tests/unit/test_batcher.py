@@ -152,7 +152,7 @@ async def test_admission_sheds_what_would_wait_too_long() -> None:
     batcher.admit(1000)  # nothing queued, no rate measured: admitted
     await asyncio.gather(*(batcher.submit(f"w{i}", far()) for i in range(40)))
     rate = batcher.drain_rate()
-    assert rate is not None and rate > 20  # items finished over (at least) half a second
+    assert rate is not None and rate > 100  # up to 4 items per 10 ms of model time
     model.gate.clear()  # hold the model: a queue builds
     held = [batcher.submit(f"h{i}", far()) for i in range(int(rate * 0.4))]
     batcher.admit(1)  # still within 0.5 s of work
@@ -166,4 +166,26 @@ async def test_admission_sheds_what_would_wait_too_long() -> None:
     await asyncio.gather(*held)
     unlimited = MicroBatcher(model, max_batch_size=4, max_queue=10, max_queue_wait_s=0)
     unlimited.admit(10_000)  # 0 turns the check off
+    await batcher.stop()
+
+
+async def test_a_burst_after_an_idle_spell_is_not_shed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The drain rate is measured over model busy time: two 10 ms batches just after an idle
+    spell already say ~100 items/s, so 30 queued items (0.3 s of work) fit a 1 s budget."""
+    monkeypatch.setattr("online.batcher.RATE_WINDOW_S", 0.3)
+    model = SlowModel()
+    batcher = MicroBatcher(model, max_batch_size=1, max_queue=1000, max_queue_wait_s=1.0)
+    batcher.start()
+    await asyncio.gather(*(batcher.submit(f"warm{i}", far()) for i in range(3)))
+    await asyncio.sleep(0.4)  # idle: what finished before has left the window
+    model.batches.clear()
+    burst = [batcher.submit(f"b{i}", far()) for i in range(30)]
+    while len(model.batches) < 2:
+        await asyncio.sleep(0.002)
+    rate = batcher.drain_rate()
+    assert rate is not None and 30 < rate <= 101  # a wall-clock window said 4/s here
+    batcher.admit(1)  # ~28 queued at ~100/s: well within the budget
+    with pytest.raises(Overloaded):
+        batcher.admit(int(rate))  # but not another second of work
+    await asyncio.gather(*burst)
     await batcher.stop()
