@@ -114,7 +114,7 @@ class ChunkRunner:
 
         def run(part: list[str]) -> list[Ranked]:
             return bundle.predict(part, self.settings.max_batch_size,
-                                  self.settings.max_forward_tokens)
+                                  self.settings.max_forward_tokens, self.settings.max_padding)
 
         parts = list(self._pool.map(run, slices))
         out: list[Ranked] = [[] for _ in texts]

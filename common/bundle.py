@@ -61,19 +61,21 @@ class ModelBundle:
     load_seconds: float = 0.0
 
     def predict(self, texts: list[str], max_forward_batch: int = 64,
-                max_forward_tokens: int = 1024) -> list[Ranked]:
+                max_forward_tokens: int = 1024, max_padding: float = 0.2) -> list[Ranked]:
         """Ranked label scores for each text, in input order.
 
         Texts are sorted by token length and cut into forward passes of at most
-        `max_forward_tokens` padded tokens: on CPU, one big padded batch wastes more on
-        padding than it saves in per-call overhead (measured: README, Benchmarks).
+        `max_forward_tokens` padded tokens whose padding stays within `max_padding` of their
+        real tokens: on CPU a padded token costs as much as a real one, and a pass costs
+        little more than its tokens, so several tight passes beat one ragged one (measured:
+        README, Benchmarks).
         """
         if not texts:
             return []
         ids = self.backend.encode(texts)
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out: list[Ranked] = [[] for _ in texts]
-        for chunk in _chunks(order, ids, max_forward_batch, max_forward_tokens):
+        for chunk in _chunks(order, ids, max_forward_batch, max_forward_tokens, max_padding):
             probs = softmax(self.backend.logits([ids[i] for i in chunk]))
             for row, i in zip(probs.tolist(), chunk, strict=True):
                 out[i] = _rank(self.labels, row)
@@ -149,17 +151,22 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return np.asarray(exp / exp.sum(axis=-1, keepdims=True))
 
 
-def _chunks(order: list[int], ids: list[list[int]], max_items: int,
-            max_tokens: int) -> list[list[int]]:
-    """Split length-sorted indices into runs whose padded size stays within the budget."""
+def _chunks(order: list[int], ids: list[list[int]], max_items: int, max_tokens: int,
+            max_padding: float = float("inf")) -> list[list[int]]:
+    """Split length-sorted indices into runs whose padded size stays within the token budget
+    and whose padding stays within `max_padding` times their real tokens."""
     chunks: list[list[int]] = []
     current: list[int] = []
+    real = 0
     for i in order:
         # Sorted ascending, so the newest item is the longest: it sets the padded width.
-        if current and (len(current) >= max_items or (len(current) + 1) * len(ids[i]) > max_tokens):
+        padded = (len(current) + 1) * len(ids[i])
+        if current and (len(current) >= max_items or padded > max_tokens
+                        or padded > (1 + max_padding) * (real + len(ids[i]))):
             chunks.append(current)
-            current = []
+            current, real = [], 0
         current.append(i)
+        real += len(ids[i])
     if current:
         chunks.append(current)
     return chunks

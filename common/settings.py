@@ -57,6 +57,9 @@ class Settings(BaseSettings):
     max_batch_size: int = Field(32, ge=1, le=1024)
     # Padded tokens per forward pass: a batch is length-sorted and cut into passes this big.
     max_forward_tokens: int = Field(512, ge=16)
+    # Padding a forward pass may carry, as a fraction of its real tokens (sorted texts of
+    # unlike lengths go in separate passes).
+    max_padding: float = Field(0.2, ge=0)
     max_wait_ms: float = Field(0.0, ge=0, le=1000)
     max_queue: int = Field(1024, ge=1)
     # Shed (503 + Retry-After) a request whose items would wait longer than this behind the

@@ -25,7 +25,8 @@ def measure(texts: list[str], batch_size: int, path: Path, settings: Settings) -
 
     def run(batch: list[str]) -> None:
         bundle.predict(batch, max_forward_batch=batch_size,
-                       max_forward_tokens=settings.max_forward_tokens)
+                       max_forward_tokens=settings.max_forward_tokens,
+                       max_padding=settings.max_padding)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(settings.workers) as pool:  # the service's worker layout

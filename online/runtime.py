@@ -123,7 +123,8 @@ class Runtime:
         def run_batch(texts: list[str]) -> list[Ranked]:
             with forward.time():
                 return bundle.predict(texts, max_forward_batch=s.max_batch_size,
-                                      max_forward_tokens=s.max_forward_tokens)
+                                      max_forward_tokens=s.max_forward_tokens,
+                                      max_padding=s.max_padding)
 
         return MicroBatcher(run_batch, max_batch_size=s.max_batch_size, max_queue=s.max_queue,
                             max_wait_ms=s.max_wait_ms, retry_after_s=s.retry_after_s,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from common.bundle import MANIFEST, load_bundle, weights_hash
+from common.bundle import MANIFEST, _chunks, load_bundle, weights_hash
 from common.errors import ModelNotFound
 
 
@@ -40,6 +40,22 @@ def test_scores_are_ranked_probabilities_in_input_order(tiny_model_dir: Path) ->
         # Padding and length-sorting inside a batch must not change any answer.
         alone = dict(bundle.predict([text])[0])
         assert dict(ranked) == pytest.approx(alone, abs=1e-5)
+
+
+def test_forward_passes_bound_padding_tokens_and_items() -> None:
+    lengths = [10, 10, 11, 12, 20, 21, 40, 40, 40, 40]
+    ids = [[0] * n for n in lengths]
+    order = list(range(len(ids)))  # already sorted by length
+    passes = _chunks(order, ids, max_items=32, max_tokens=512, max_padding=0.2)
+    assert sorted(i for p in passes for i in p) == order  # every text, once
+    for p in passes:
+        padded, real = len(p) * max(lengths[i] for i in p), sum(lengths[i] for i in p)
+        assert padded <= 1.2 * real
+    assert [len(p) for p in passes] == [4, 2, 4]  # 10-12, 20-21, 40s: no 10 padded to 40
+    # Without the padding bound only the token budget and the item cap cut.
+    assert [len(p) for p in _chunks(order, ids, 32, 512)] == [10]
+    assert [len(p) for p in _chunks(order, ids, 32, 120)] == [5, 3, 2]
+    assert [len(p) for p in _chunks(order, ids, 3, 512)] == [3, 3, 3, 1]
 
 
 def test_long_text_is_truncated_not_refused(tiny_model_dir: Path) -> None:
