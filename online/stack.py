@@ -27,6 +27,34 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 1
     return False
 
 
+def _shut_down(children: tuple[subprocess.Popen[bytes], ...], grace_s: float = 40) -> None:
+    """SIGTERM each child and let it drain; a second Ctrl-C (or SIGTERM) kills them at once.
+    Either way this returns, so the Redis servers are stopped too (an impatient second
+    Ctrl-C used to interrupt this and leave them running)."""
+    hurry = False
+
+    def again(*_: object) -> None:
+        nonlocal hurry
+        hurry = True
+
+    signal.signal(signal.SIGINT, again)
+    signal.signal(signal.SIGTERM, again)
+    running = [p for p in children if p.poll() is None]
+    if running:
+        print("stopping: letting in-flight work finish (Ctrl-C again to stop at once)",
+              flush=True)
+    for process in running:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while (not hurry and time.monotonic() < deadline
+           and any(p.poll() is None for p in running)):
+        time.sleep(0.1)
+    for process in running:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
     """Start cache Redis, jobs Redis (AOF) and the API; block until interrupted."""
     model_dir = ensure_default_model()
@@ -74,14 +102,7 @@ Ctrl-C stops everything.
     except KeyboardInterrupt:
         pass
     finally:
-        for process in (api, worker):
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-        for process in (api, worker):
-            try:
-                process.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        _shut_down((api, worker))
         jobs.stop()
         cache.stop()
         print("stopped: API, worker, cache Redis, jobs Redis", flush=True)
