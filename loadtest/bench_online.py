@@ -106,7 +106,10 @@ async def closed_loop(url: str, texts: list[str], concurrency: int) -> dict[str,
 
     started = time.perf_counter()
     await asyncio.gather(*(user() for _ in range(concurrency)))
-    seconds = time.perf_counter() - started
+    return _summary(latencies, statuses, time.perf_counter() - started)
+
+
+def _summary(latencies: list[float], statuses: dict[int, int], seconds: float) -> dict[str, Any]:
     # Throughput counts answers (200): a shed request (503) is not served work.
     return {"requests": len(latencies), "seconds": round(seconds, 3),
             "rps": round(statuses.get(200, 0) / seconds, 1), "statuses": statuses,
@@ -135,10 +138,8 @@ async def paced(url: str, texts: list[str], concurrency: int, rate: float) -> di
 
     started = time.perf_counter()
     await asyncio.gather(*(user(k) for k in range(concurrency)))
-    seconds = time.perf_counter() - started
-    return {"requests": len(latencies), "offered_rps": round(rate, 1),
-            "rps": round(len(latencies) / seconds, 1), "statuses": statuses,
-            **latency_ms(latencies)}
+    return {"offered_rps": round(rate, 1)} | _summary(latencies, statuses,
+                                                       time.perf_counter() - started)
 
 
 async def server_buckets(url: str) -> dict[float, float]:
