@@ -18,6 +18,7 @@ from common.errors import SurgeError, error_body
 from common.metrics import Metrics
 from common.schemas import ErrorResponse
 from common.settings import Settings
+from online.fastpath import FastPredict
 from online.middleware import BodyLimitMiddleware, ObservabilityMiddleware
 from online.routes import ops_router, router
 from online.runtime import Runtime
@@ -75,6 +76,8 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
         app.include_router(events_router, dependencies=[Depends(guard("events"))],
                            responses=GUARDED)
     _install_error_handlers(app)
+    if settings.role != "jobs" and settings.fast_path:
+        app.add_middleware(FastPredict, guard=guard("predict"), respond_error=_error_response)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        large={"/v1/jobs": settings.job_max_bytes,
                               "/events": settings.job_max_bytes})

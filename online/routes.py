@@ -58,7 +58,7 @@ ops_router = APIRouter()  # health, readiness, metrics: every role
 async def predict(body: PredictRequest, rt: RuntimeDep) -> Response:
     """Classify one text with the default model: top label, every label's score ranked, and
     whether it was cached."""
-    return await _predict(rt.require_service(), body)
+    return await predict_reply(rt.require_service(), body)
 
 
 @router.post("/v1/bulk-predict", response_model=BulkPredictResponse, tags=["predict"],
@@ -75,7 +75,7 @@ async def bulk_predict(body: BulkPredictRequest, rt: RuntimeDep) -> Response:
              responses=_errors(404, 413, 415, 422, 503, 504))
 async def predict_with(name: str, body: PredictRequest, rt: RuntimeDep) -> Response:
     """Classify one text with the named model (404 unknown_model if not served)."""
-    return await _predict(rt.require_service(name), body)
+    return await predict_reply(rt.require_service(name), body)
 
 
 @router.post("/v1/models/{name}/bulk-predict", response_model=BulkPredictResponse,
@@ -86,7 +86,8 @@ async def bulk_predict_with(name: str, body: BulkPredictRequest, rt: RuntimeDep)
     return await _bulk(rt.require_service(name), body)
 
 
-async def _predict(service: PredictionService, body: PredictRequest) -> Response:
+async def predict_reply(service: PredictionService, body: PredictRequest) -> Response:
+    """One prediction as the response body (the route and online/fastpath.py share it)."""
     result = await service.predict(body.text)
     return JSONResponse(_item(result) | {"model": service.bundle.name,
                                          "version": service.bundle.version})
