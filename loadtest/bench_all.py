@@ -109,6 +109,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         *[(f"cache-hit p99 at {p['offered_rps']:.0f} req/s", f"{p['p99_ms']} ms", "<= 10 ms",
            f"server's own p99 <= {p['server_p99_le_ms']:g} ms", on)
           for p in online["cache_hit_paced"]],
+        ("cache-hit throughput, fast path / through FastAPI", f"{online['fast_path']['ratio']:.2f}",
+         "", f"{online['cache_hit']['rps']} vs {online['fast_path']['off_rps']} req/s "
+         f"(SURGE_FAST_PATH=false), 32 closed-loop clients", on),
         ("cold start: exec → first 200", f"{online['cold_start_s']} s", "<= 2.5 s",
          f"transformers path {online['cold_start_eager_s']} s", on),
         ("RSS after load", f"{online['rss_mb']} MB", "<= 500 MB", "", on),
