@@ -17,10 +17,11 @@ from collections.abc import Awaitable, Callable
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from common.errors import SurgeError
 from common.schemas import PredictRequest, media_type
+from online.middleware import replay_body
 from online.routes import predict_reply, router
 
 PATH = "/v1/predict"
@@ -44,7 +45,7 @@ class FastPredict:
             await self.app(scope, receive, send)
             return
         body, complete = await _read(receive)
-        replay = _replayer(body, receive)
+        replay = replay_body(body, receive)
         parsed = _parse(body) if complete else None
         if parsed is None:
             await self.app(scope, replay, send)  # FastAPI gives the usual answer
@@ -78,21 +79,6 @@ async def _read(receive: Receive) -> tuple[bytes, bool]:
         chunks.append(message.get("body", b""))
         if not message.get("more_body", False):
             return b"".join(chunks), True
-
-
-def _replayer(body: bytes, receive: Receive) -> Receive:
-    """A receive that yields the body already read, then whatever the client sends next
-    (the disconnect)."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
 
 
 def _parse(body: bytes) -> PredictRequest | None:
