@@ -235,7 +235,8 @@ def _ratios(rounds: list[dict[str, Any]]) -> dict[str, float]:
 def _cache_hits(args: argparse.Namespace, texts: list[str], out_dir: Path, log: Path,
                 base: dict[str, str]) -> dict[str, Any]:
     """Hit path: saturated closed loop, interleaved with the same server without its fast
-    path (SURGE_FAST_PATH=false), then paced at a fraction of the saturated rate."""
+    path (SURGE_FAST_PATH=false), then paced at fractions of the saturated rate and at fixed
+    rates (--hit-rps)."""
     out: dict[str, Any] = {}
     cache_redis = RedisServer("cache", out_dir / "redis-cache").start()
     env = base | {"SURGE_CACHE_URL": cache_redis.url}

@@ -86,5 +86,5 @@ def _parse(body: bytes) -> PredictRequest | None:
     where FastAPI would refuse it: FastAPI then says why."""
     try:
         return PredictRequest.model_validate(json.loads(body))
-    except (ValueError, RecursionError):  # ValidationError and JSONDecodeError are both
+    except (ValueError, RecursionError):  # ValidationError, JSONDecodeError: ValueErrors
         return None
