@@ -53,6 +53,11 @@ def create_celery(settings: Settings) -> Celery:
     return app
 
 
+def enqueue_chunk(app: Any, settings: Settings, job_id: str, chunk: int) -> None:
+    """One chunk message on the chunk queue (the API at submit, the sweeper on a loss)."""
+    app.send_task(RUN_CHUNK, args=[job_id, chunk], queue=settings.job_queue)
+
+
 def run_chunk(task: Any, job_id: str, chunk: int) -> dict[str, Any]:
     """Thin task: ids in, one runner call. Transient Redis errors retry with backoff."""
     import redis
@@ -120,7 +125,20 @@ def run_worker(settings: Settings | None = None) -> int:
         except OSError as exc:  # chunks matter more than their metrics: keep working
             log.error("worker metrics port %d unavailable: %s", settings.worker_metrics_port,
                       exc)
+    if settings.job_sweep_s:
+        _start_sweeper(app, settings, runner)
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", settings.job_queue,
                      "--loglevel=INFO", "--without-gossip", "--without-mingle",
                      "--without-heartbeat"])
     return 0
+
+
+def _start_sweeper(app: Celery, settings: Settings, runner: Any) -> None:
+    """Recover chunks the broker lost (batch/sweeper.py), on its own Redis connection."""
+    from batch.store import JobStore
+    from batch.sweeper import BrokerKeys, ChunkSweeper
+
+    store = JobStore.from_url(str(settings.redis_url), ttl_s=settings.job_ttl_s)
+    ChunkSweeper(store, BrokerKeys.from_celery(app, settings.job_queue), RUN_CHUNK,
+                 lambda job_id, chunk: enqueue_chunk(app, settings, job_id, chunk),
+                 interval_s=settings.job_sweep_s, metrics=runner.metrics).start()

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import redis
 
-from batch.celery_app import RUN_CHUNK
+from batch.celery_app import enqueue_chunk
 from batch.store import JobStore
 from common.errors import (
     EmptyText,
@@ -107,8 +107,7 @@ class JobService:
 
     def _enqueue(self, job_id: str, chunks: int) -> None:
         for chunk in range(chunks):
-            self.celery.send_task(RUN_CHUNK, args=[job_id, chunk],
-                                  queue=self.settings.job_queue)
+            enqueue_chunk(self.celery, self.settings, job_id, chunk)
 
     async def get(self, job_id: str, principal: str | None = None) -> dict[str, Any]:
         """Status and exact progress. 404 when unknown, expired, or owned by another key

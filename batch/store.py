@@ -6,6 +6,8 @@ Layout, all under `surge:job:<id>` and expiring together after the retention tim
   <id>:results  hash index -> result JSON; writes are idempotent (a re-run overwrites)
   <id>:done     set of finished chunk numbers: exact progress, never double-counted
 Idempotency keys: `surge:idem:<hash>` -> job id, SET NX, same retention.
+Unfinished jobs: `surge:jobs:active`, a sorted set job id -> creation time, left when a job
+ends; the sweeper (batch/sweeper.py) walks it to find chunks the broker lost.
 Dead letters: `surge:deadletter`, a list of the newest DEAD_LETTER_KEEP events the Broker could
 not deliver (newest first), kept for an operator to inspect and replay.
 """
@@ -17,7 +19,7 @@ import json
 import secrets
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -27,6 +29,7 @@ QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINAL = {SUCCEEDED, FAILED, CANCELLED}
 DEAD_LETTERS = "surge:deadletter"
+ACTIVE = "surge:jobs:active"
 DEAD_LETTER_KEEP = 10_000
 
 # The last chunk to finish flips the job to succeeded, exactly once (its caller emits the event).
@@ -36,6 +39,7 @@ if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
 if redis.call('HGET', KEYS[1], 'status') ~= 'cancelled' then
   redis.call('HSET', KEYS[1], 'status', 'succeeded')
 end
+redis.call('ZREM', KEYS[3], ARGV[3])
 return 1
 """
 
@@ -50,6 +54,11 @@ return 0
 
 def _key(job_id: str, part: str = "") -> str:
     return f"surge:job:{job_id}" + (f":{part}" if part else "")
+
+
+def done_key(job_id: str) -> str:
+    """The set of a job's finished chunk numbers."""
+    return _key(job_id, "done")
 
 
 class JobStore:
@@ -94,6 +103,7 @@ class JobStore:
                     pipe.rpush(_key(job_id, "texts"), *texts[start : start + 10_000])
                 for part in ("", "texts"):
                     pipe.expire(_key(job_id, part), self.ttl_s)
+                pipe.zadd(ACTIVE, {job_id: time.time()})
                 pipe.execute()
         except redis.RedisError:
             if idem:
@@ -148,14 +158,15 @@ class JobStore:
             for part in ("results", "done"):
                 pipe.expire(_key(job_id, part), self.ttl_s)
             pipe.execute()
-        return bool(self._finish(keys=[_key(job_id), _key(job_id, "done")],
-                                 args=[chunks, _now()]))
+        return bool(self._finish(keys=[_key(job_id), _key(job_id, "done"), ACTIVE],
+                                 args=[chunks, _now(), job_id]))
 
     def fail(self, job_id: str, error: str) -> bool:
         """Mark failed (a chunk gave up after its retries); True if this call ended the job."""
         if not self.redis.hsetnx(_key(job_id), "finished_at", _now()):
             return False
         self.redis.hset(_key(job_id), mapping={"status": FAILED, "error": error})
+        self.redis.zrem(ACTIVE, job_id)
         return True
 
     def cancel(self, job_id: str) -> dict[str, Any]:
@@ -164,7 +175,31 @@ class JobStore:
         if job["status"] not in FINAL and self.redis.hsetnx(_key(job_id), "finished_at",
                                                            _now()):
             self.redis.hset(_key(job_id), "status", CANCELLED)
+            self.redis.zrem(ACTIVE, job_id)
         return self.require(job_id)
+
+    def active(self) -> dict[str, float]:
+        """Unfinished jobs -> creation time (epoch seconds)."""
+        pairs = cast(list[tuple[str, float]], self.redis.zrange(ACTIVE, 0, -1, withscores=True))
+        return {str(job): float(at) for job, at in pairs}
+
+    def forget(self, job_ids: list[str]) -> None:
+        """Take jobs that ended or expired off the unfinished index."""
+        if job_ids:
+            self.redis.zrem(ACTIVE, *job_ids)
+
+    def progress(self, job_ids: list[str]) -> dict[str, tuple[str | None, int, int]]:
+        """Per job: status (None once expired), chunks, chunks done; one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hmget(_key(job_id), "status", "chunks")
+                pipe.scard(_key(job_id, "done"))
+            replies = pipe.execute()
+        out = {}
+        for k, job_id in enumerate(job_ids):
+            status, chunks = replies[2 * k]
+            out[job_id] = (status, int(chunks or 0), int(replies[2 * k + 1]))
+        return out
 
     def results(self, job_id: str, offset: int, limit: int) -> list[dict[str, Any]]:
         """Results for indices offset..offset+limit-1 that exist, in index order."""

@@ -112,7 +112,9 @@ class WorkerMetrics(CacheMetrics):
         super().__init__(registry)
         r = self.registry
         self.chunks = Counter(
-            "surge_job_chunks_total", "Chunks handled by outcome (done, skipped, failed, retried).",
+            "surge_job_chunks_total",
+            "Chunks handled by outcome (done, skipped, failed, retried; recovered: lost by the "
+            "broker and enqueued again by the sweeper).",
             ["outcome"], registry=r)
         self.items = Counter(
             "surge_job_items_total", "Job items answered, by source (computed, cached).",

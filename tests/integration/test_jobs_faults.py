@@ -7,6 +7,7 @@ import time
 
 import redis
 
+from batch.store import JobStore
 from common.corpus import snippets
 from tests.integration.test_jobs import jobs_api, jobs_redis, start_worker, wait_done, worker
 
@@ -21,7 +22,9 @@ def results_of(url: str, job_id: str) -> dict[str, dict]:  # type: ignore[type-a
 def test_worker_killed_mid_job_loses_and_duplicates_nothing(jobs_api, jobs_redis,
                                                             start_worker) -> None:
     texts = snippets(1500)
-    first = start_worker(SURGE_VISIBILITY_TIMEOUT_S="4")
+    # A kill in the ms after a chunk's ack can also lose the next message (kombu popped it,
+    # had not recorded it): the sweeper enqueues that one again.
+    first = start_worker(SURGE_VISIBILITY_TIMEOUT_S="4", SURGE_JOB_SWEEP_S="1")
     job_id = jobs_api.post("/v1/jobs", json={"texts": texts}).json()["id"]
     deadline = time.monotonic() + 60
     while jobs_api.get(f"/v1/jobs/{job_id}").json()["done"] == 0:
@@ -31,13 +34,42 @@ def test_worker_killed_mid_job_loses_and_duplicates_nothing(jobs_api, jobs_redis
     first.wait()
     done_at_kill = jobs_api.get(f"/v1/jobs/{job_id}").json()["done"]
     assert 0 < done_at_kill < len(texts), "the kill did not land mid-job"
-    start_worker(SURGE_VISIBILITY_TIMEOUT_S="4")
+    start_worker(SURGE_VISIBILITY_TIMEOUT_S="4", SURGE_JOB_SWEEP_S="1")
     job = wait_done(jobs_api, job_id, timeout=120)
     assert job["status"] == "succeeded" and job["done"] == len(texts)
     stored = results_of(jobs_redis.url, job_id)
     assert sorted(int(i) for i in stored) == list(range(len(texts)))  # each index once
     page = jobs_api.get(f"/v1/jobs/{job_id}/results?offset=0&limit=1000").json()
     assert [r["index"] for r in page["results"]] == list(range(1000))
+
+
+def test_a_chunk_message_the_broker_lost_is_run_again(jobs_api, jobs_redis, start_worker,
+                                                      tmp_path) -> None:
+    texts = snippets(300)
+    job_id = jobs_api.post("/v1/jobs", json={"texts": texts}).json()["id"]
+    broker = redis.Redis.from_url(jobs_redis.url)
+    # What a worker killed between kombu's BRPOP and its unacked record leaves: no message.
+    assert broker.rpop("surgeserve.chunks") is not None
+    broker.close()
+    start_worker(SURGE_JOB_SWEEP_S="1")
+    job = wait_done(jobs_api, job_id, timeout=60)
+    assert job["status"] == "succeeded" and job["done"] == len(texts)
+    assert sorted(int(i) for i in results_of(jobs_redis.url, job_id)) == list(range(300))
+    assert "chunk lost by the broker, enqueued again" in (tmp_path / "worker.log").read_text()
+
+
+def test_a_job_stored_but_never_enqueued_still_runs(jobs_redis, start_worker) -> None:
+    # The API stored the job and died (or lost the jobs Redis) before enqueuing its chunks;
+    # a retry with the same idempotency key returns the stored job and enqueues nothing.
+    store = JobStore.from_url(jobs_redis.url, ttl_s=600)
+    job, _ = store.create(snippets(150), chunk_size=100, model="", version="pending")
+    start_worker(SURGE_JOB_SWEEP_S="1")
+    deadline = time.monotonic() + 60
+    while (done := store.get(job["id"]))["status"] != "succeeded":
+        assert time.monotonic() < deadline, f"still {done['status']} ({done['done']}/150)"
+        time.sleep(0.2)
+    assert done["done"] == 150
+    store.redis.close()
 
 
 def test_jobs_redis_restart_keeps_a_queued_job(jobs_api, jobs_redis, start_worker) -> None:
