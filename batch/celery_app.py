@@ -139,6 +139,6 @@ def _start_sweeper(app: Celery, settings: Settings, runner: Any) -> None:
     from batch.sweeper import BrokerKeys, ChunkSweeper
 
     store = JobStore.from_url(str(settings.redis_url), ttl_s=settings.job_ttl_s)
-    ChunkSweeper(store, BrokerKeys.from_celery(app, settings.job_queue), RUN_CHUNK,
+    ChunkSweeper(store, lambda: BrokerKeys.from_celery(app, settings.job_queue), RUN_CHUNK,
                  lambda job_id, chunk: enqueue_chunk(app, settings, job_id, chunk),
                  interval_s=settings.job_sweep_s, metrics=runner.metrics).start()

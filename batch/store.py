@@ -29,8 +29,8 @@ QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINAL = {SUCCEEDED, FAILED, CANCELLED}
 DEAD_LETTERS = "surge:deadletter"
-ACTIVE = "surge:jobs:active"
 DEAD_LETTER_KEEP = 10_000
+ACTIVE = "surge:jobs:active"
 
 # The last chunk to finish flips the job to succeeded, exactly once (its caller emits the event).
 _FINISH = """

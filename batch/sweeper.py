@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis
+from kombu.exceptions import OperationalError
 
 from batch.store import FINAL, JobStore, done_key
 from common.metrics import WorkerMetrics
@@ -77,12 +78,14 @@ def chunk_of(raw: str | bytes, task: str) -> Chunk | None:
 class ChunkSweeper:
     """One per worker process; `sweep` is also called directly by tests."""
 
-    def __init__(self, store: JobStore, keys: BrokerKeys, task: str,
+    def __init__(self, store: JobStore, keys: BrokerKeys | Callable[[], BrokerKeys], task: str,
                  publish: Callable[[str, int], None], *, interval_s: float,
                  confirm_s: float | None = None, metrics: WorkerMetrics | None = None):
         self.store = store
         self.redis = store.redis
-        self.keys = keys
+        # A factory is called on the first sweep: asking kombu connects, and a worker must
+        # start while the jobs Redis is down (Celery retries its own connection).
+        self._keys = keys
         self.task = task
         self.publish = publish
         self.interval_s = interval_s
@@ -100,7 +103,7 @@ class ChunkSweeper:
             try:
                 if self._my_turn():
                     self.sweep()
-            except redis.RedisError as exc:  # the jobs Redis restarting: try next time
+            except (redis.RedisError, OperationalError) as exc:  # Redis down: next time
                 log.warning("sweep skipped: %s", exc)
             except Exception:  # a sweep must never take the worker down
                 log.exception("sweep failed")
@@ -108,6 +111,13 @@ class ChunkSweeper:
     def _my_turn(self) -> bool:
         ttl_ms = max(1, int(self.interval_s * 900))  # expires before the next interval
         return bool(self.redis.set(TURN, secrets.token_hex(4), nx=True, px=ttl_ms))
+
+    @property
+    def keys(self) -> BrokerKeys:
+        """The broker's key names (asked of kombu once)."""
+        if not isinstance(self._keys, BrokerKeys):
+            self._keys = self._keys()
+        return self._keys
 
     def sweep(self, now: float | None = None) -> list[Chunk]:
         """Enqueue again the chunks no queue, worker or done set has; returns them."""

@@ -9,6 +9,7 @@ import redis
 
 from batch.store import JobStore
 from common.corpus import snippets
+from common.redis_server import RedisServer
 from tests.integration.test_jobs import jobs_api, jobs_redis, start_worker, wait_done, worker
 
 __all__ = ["jobs_api", "jobs_redis", "start_worker", "worker"]  # fixtures used below
@@ -70,6 +71,28 @@ def test_a_job_stored_but_never_enqueued_still_runs(jobs_redis, start_worker) ->
         time.sleep(0.2)
     assert done["done"] == 150
     store.redis.close()
+
+
+def test_a_worker_started_before_its_jobs_redis_runs_jobs_once_it_is_up(start_worker,
+                                                                         tmp_path) -> None:
+    later = RedisServer("jobs", tmp_path / "redis-later")  # its port is chosen, not yet open
+    worker = start_worker(SURGE_REDIS_URL=later.url, SURGE_JOB_SWEEP_S="1")
+    log = tmp_path / "worker.log"
+    deadline = time.monotonic() + 60
+    while "sweep skipped" not in log.read_text():  # the sweeper met the missing Redis
+        assert worker.poll() is None, "the worker died without its jobs Redis"
+        assert time.monotonic() < deadline, log.read_text()[-2000:]
+        time.sleep(0.2)
+    later.start()
+    try:
+        store = JobStore.from_url(later.url, ttl_s=600)
+        job, _ = store.create(snippets(120), chunk_size=100, model="", version="pending")
+        while (done := store.get(job["id"]))["status"] != "succeeded":  # found by a sweep
+            assert time.monotonic() < deadline + 60, f"still {done['status']}"
+            time.sleep(0.2)
+        store.redis.close()
+    finally:
+        later.stop()
 
 
 def test_jobs_redis_restart_keeps_a_queued_job(jobs_api, jobs_redis, start_worker) -> None:
