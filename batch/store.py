@@ -154,11 +154,11 @@ class JobStore:
             pipe.hset(_key(job_id, "results"),
                       mapping={str(i): json.dumps(r, separators=(",", ":"))
                                for i, r in results.items()})
-            pipe.sadd(_key(job_id, "done"), chunk)
+            pipe.sadd(done_key(job_id), chunk)
             for part in ("results", "done"):
                 pipe.expire(_key(job_id, part), self.ttl_s)
             pipe.execute()
-        return bool(self._finish(keys=[_key(job_id), _key(job_id, "done"), ACTIVE],
+        return bool(self._finish(keys=[_key(job_id), done_key(job_id), ACTIVE],
                                  args=[chunks, _now(), job_id]))
 
     def fail(self, job_id: str, error: str) -> bool:
@@ -193,7 +193,7 @@ class JobStore:
         with self.redis.pipeline(transaction=False) as pipe:
             for job_id in job_ids:
                 pipe.hmget(_key(job_id), "status", "chunks")
-                pipe.scard(_key(job_id, "done"))
+                pipe.scard(done_key(job_id))
             replies = pipe.execute()
         out = {}
         for k, job_id in enumerate(job_ids):

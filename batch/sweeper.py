@@ -127,10 +127,10 @@ class ChunkSweeper:
         ended = [job for job, (status, _, _) in progress.items()
                  if status is None or status in FINAL]
         self.store.forget(ended)
-        jobs = {job: chunks for job, (status, chunks, _) in progress.items()
-                if job not in ended}
-        expected = sum(jobs[job] - progress[job][2] for job in jobs)
-        if expected <= self._present_count():
+        unfinished = {job: (chunks, done) for job, (status, chunks, done) in progress.items()
+                      if job not in ended}
+        jobs = {job: chunks for job, (chunks, _) in unfinished.items()}
+        if sum(chunks - done for chunks, done in unfinished.values()) <= self._present_count():
             return []
         old = {job: chunks for job, chunks in jobs.items()
                if active[job] <= now - self.interval_s}
