@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, Response
@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from batch import events
 from batch.service import JobService
 from common.errors import InvalidInput, NotReady, UnsupportedMediaType
-from common.schemas import ErrorResponse, media_type
+from common.schemas import PRICED_BY_TEXTS, ErrorResponse, media_type
 
 NDJSON = "application/x-ndjson"
 log = logging.getLogger(__name__)
@@ -58,8 +58,8 @@ def _job_from_body(content_type: str, body: bytes) -> tuple[list[str], str | Non
         return _ndjson_texts(body), None
     try:
         data = json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput("body is not valid JSON") from exc
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
+        raise InvalidInput("body is not valid JSON (malformed, or nested too deeply)") from exc
     found = data.get("texts") if isinstance(data, dict) else None
     if not isinstance(found, list) or not all(isinstance(t, str) for t in found):
         raise InvalidInput('body must be {"texts": [string, ...], "model"?: string}')
@@ -76,7 +76,7 @@ def _ndjson_texts(body: bytes) -> list[str]:
             continue
         try:
             item = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):  # (nested too deeply: refused as too long)
             item = line  # a bare line of text is a text
         text = item.get("text") if isinstance(item, dict) else item
         if not isinstance(text, str):
@@ -84,6 +84,14 @@ def _ndjson_texts(body: bytes) -> list[str]:
                                '{"text": "..."}', {"line": number})
         texts.append(text)
     return texts
+
+
+async def _charge(request: Request, texts: int) -> None:
+    """Spend one rate-limit token per text (the access guard leaves `charge` on routes
+    marked PRICED_BY_TEXTS)."""
+    charge: Callable[[int], Awaitable[None]] | None = getattr(request.state, "charge", None)
+    if charge is not None:
+        await charge(max(1, texts))
 
 
 @router.post("/v1/jobs", status_code=202, responses=_errors(413, 415, 422, 503))
@@ -136,13 +144,16 @@ async def cancel_job(request: Request, job_id: str, jobs: Jobs) -> dict[str, Any
     return _view(await jobs.cancel(job_id, principal(request)))
 
 
-@events_router.post("/events", status_code=202, responses=_errors(400, 413, 415, 422, 503))
+@events_router.post("/events", status_code=202, openapi_extra=PRICED_BY_TEXTS,
+                   responses=_errors(400, 413, 415, 422, 503))
 async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
     """CloudEvents 1.0 sink (binary or structured): `dev.surgeserve.bulk.requested` with
-    `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job."""
+    `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job.
+    Without a key, each text spends one token of the source address's quota."""
     event, binary = events.parse(dict(request.headers), await request.body())
     key = f"ce:{event.get_source()}:{event.get_id()}"
     texts, model = events.job_of(event)
+    await _charge(request, len(texts))
     job, _ = await jobs.submit(texts, key, source="cloudevent", model=model,
                                owner=principal(request))
     message = events.reply(job, binary=binary)
@@ -153,9 +164,10 @@ async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
                     responses=_errors(400, 413, 415, 422, 503))
 async def dead_letter_sink(request: Request, jobs: Jobs) -> Response:
     """The Trigger's dead-letter sink: any CloudEvent the Broker gave up delivering is kept
-    (newest 10,000, Redis list `surge:deadletter`), logged and counted; nothing is lost."""
+    (Redis list `surge:deadletter`: attributes and data cut to SURGE_DEAD_LETTER_MAX_BYTES,
+    the newest SURGE_DEAD_LETTER_KEEP for SURGE_DEAD_LETTER_TTL_S), logged and counted."""
     event, _ = events.decode(dict(request.headers), await request.body())
-    record = events.dead_letter_record(event)
+    record = events.dead_letter_record(event, jobs.settings.dead_letter_max_bytes)
     await jobs.dead_letter(record)
     log.error("dead-lettered CloudEvent", extra={"event": record["attributes"]})
     return Response(status_code=202)

@@ -20,9 +20,10 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from batch.store import JobStore
-from common.errors import InvalidInput, UnsupportedMediaType
+from common.errors import InvalidInput, UnsupportedMediaType, printable
 from common.schemas import media_type
 from common.settings import Settings
+from common.textnorm import is_text
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +73,7 @@ def _require_attributes(headers: dict[str, str], body: bytes, binary: bool) -> N
     else:
         try:
             envelope = json.loads(body)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
             raise InvalidInput("malformed CloudEvent", {"reason": "body is not JSON"}) from exc
         present = set(envelope) if isinstance(envelope, dict) else set()
     missing = [name for name in REQUIRED if name not in present]
@@ -85,18 +86,41 @@ def parse(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
     event, binary = decode(headers, body)
     if event.get_type() != BULK_REQUESTED:
         raise UnknownEventType("this sink accepts only " + BULK_REQUESTED,
-                               {"type": event.get_type()})
+                               {"type": str(event.get_type())[:200]})
+    for name in ("source", "id"):  # they make the idempotency key: Unicode text only
+        if not is_text(str(event.get_attributes().get(name, ""))):
+            raise InvalidInput("malformed CloudEvent",
+                               {"reason": f"{name} holds a lone UTF-16 surrogate"})
     return event, binary
 
 
-def dead_letter_record(event: Any) -> dict[str, Any]:
-    """What to keep of an event the Broker gave up on: its attributes (with Knative's
-    knativeerror* extensions saying where and why delivery failed) and its data."""
+# The only values surge_events_dead_lettered_total{type} takes: client input is never a label.
+KNOWN_TYPES = frozenset({BULK_REQUESTED, JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED})
+ATTRIBUTE_MAX_CHARS = 1024
+
+
+def type_label(kind: object) -> str:
+    """The metric label for an event type: the type when it is one of ours, else "other"."""
+    return kind if isinstance(kind, str) and kind in KNOWN_TYPES else "other"
+
+
+def dead_letter_record(event: Any, max_bytes: int) -> dict[str, Any]:
+    """What to keep of an event the Broker gave up on, bounded: its attributes (with Knative's
+    knativeerror* extensions saying where and why delivery failed), each cut to
+    ATTRIBUTE_MAX_CHARS, and its data, cut to `max_bytes` of JSON when larger."""
+    attributes = {printable(str(k))[:64]: printable(str(v))[:ATTRIBUTE_MAX_CHARS]
+                  for k, v in list(event.get_attributes().items())[:64]}
     data = event.get_data()
     if isinstance(data, bytes):
         data = data.decode("utf-8", "replace")
-    return {"attributes": {k: str(v) for k, v in event.get_attributes().items()},
-            "data": data, "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    encoded = json.dumps(data, separators=(",", ":"), default=str)  # ASCII: surrogates safe
+    record: dict[str, Any] = {"attributes": attributes, "data": data,
+                              "received_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                              "received_ts": round(time.time(), 3)}
+    if len(encoded) > max_bytes:
+        record |= {"data": encoded[:max_bytes], "data_truncated": True,
+                   "data_bytes": len(encoded)}
+    return record
 
 
 def job_of(event: Any) -> tuple[list[str], str | None]:

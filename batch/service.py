@@ -4,23 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
 
+from batch.admission import MemoryGate, job_bytes
 from batch.celery_app import enqueue_chunk
+from batch.events import type_label
 from batch.store import JobStore
-from common.errors import (
-    EmptyText,
-    InvalidInput,
-    JobsUnavailable,
-    NotFound,
-    TextTooLong,
-    TooManyItems,
-)
+from common.errors import InvalidInput, JobsUnavailable, NotFound, TooManyItems
 from common.metrics import Metrics
 from common.settings import Settings
+from common.textnorm import check_text, is_text
 
 T = TypeVar("T")
 
@@ -45,6 +42,7 @@ class JobService:
         self._probe = redis.Redis.from_url(str(settings.redis_url), socket_timeout=0.5,
                                            socket_connect_timeout=0.5)
         self.metrics.watch_queue(self.queue_length)
+        self.gate = MemoryGate(self._probe, settings.jobs_memory_fraction)
 
     def queue_length(self) -> float:
         """Chunk messages waiting for a worker (the list KEDA scales the workers on)."""
@@ -70,16 +68,14 @@ class JobService:
             raise TooManyItems(f"at most {s.job_max_items} texts per job",
                                {"max_items": s.job_max_items, "got": len(texts)})
         for index, text in enumerate(texts):
-            if not text.strip():
-                raise EmptyText("text is empty or only whitespace", {"index": index})
-            if len(text) > s.max_text_chars:
-                raise TextTooLong(f"text is longer than {s.max_text_chars} characters",
-                                  {"index": index, "max_chars": s.max_text_chars})
+            check_text(text, max_chars=s.max_text_chars, index=index)
 
     def check_model(self, model: str | None) -> None:
         """A named model must be one this deployment serves (when the names are known here:
         SURGE_MODELS or SURGE_MODEL_NAME; otherwise the worker fails the job, saying why)."""
         names = self.settings.model_names()
+        if model is not None and not (is_text(model) and 0 < len(model) <= 128):
+            raise UnknownModelInput("no such model name", {"available": names})
         if model is not None and names is not None and model not in names:
             raise UnknownModelInput(f"no model named {model!r}",
                                     {"model": model, "available": names})
@@ -91,6 +87,7 @@ class JobService:
         `model` names one of the served models (None: the default)."""
         self.validate(texts)
         self.check_model(model)
+        await self._call(self._admit, texts)
         job, created = await self._call(
             self.store.create, texts, chunk_size=self.settings.job_chunk_size,
             model=model or "", version="pending", idempotency_key=idempotency_key,
@@ -100,10 +97,18 @@ class JobService:
             self.metrics.jobs_submitted.labels(source).inc()
         return job, created
 
+    def _admit(self, texts: list[str]) -> None:
+        self.gate.admit(job_bytes(texts))
+
     async def dead_letter(self, record: dict[str, Any]) -> None:
-        """Keep an event the Broker could not deliver, and count it."""
-        await self._call(self.store.add_dead_letter, record)
-        self.metrics.events_dead_lettered.labels(record["attributes"].get("type", "")).inc()
+        """Keep an event the Broker could not deliver (bounded: see the dead-letter
+        settings), and count it by type (ours, or "other")."""
+        encoded = json.dumps(record, separators=(",", ":"), default=str)
+        await self._call(self.gate.admit, len(encoded))
+        await self._call(self.store.add_dead_letter, encoded,
+                         keep=self.settings.dead_letter_keep, ttl_s=self.settings.dead_letter_ttl_s)
+        self.metrics.events_dead_lettered.labels(
+            type_label(record["attributes"].get("type"))).inc()
 
     def _enqueue(self, job_id: str, chunks: int) -> None:
         for chunk in range(chunks):

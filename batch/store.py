@@ -8,8 +8,9 @@ Layout, all under `surge:job:<id>` and expiring together after the retention tim
 Idempotency keys: `surge:idem:<hash>` -> job id, SET NX, same retention.
 Unfinished jobs: `surge:jobs:active`, a sorted set job id -> creation time, left when a job
 ends; the sweeper (batch/sweeper.py) walks it to find chunks the broker lost.
-Dead letters: `surge:deadletter`, a list of the newest DEAD_LETTER_KEEP events the Broker could
-not deliver (newest first), kept for an operator to inspect and replay.
+Dead letters: `surge:deadletter`, a list of the newest events the Broker could not deliver
+(newest first, each bounded in size by batch/events.py), kept for an operator to inspect and
+replay; bounded in count, and entries older than the dead-letter TTL are dropped.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINAL = {SUCCEEDED, FAILED, CANCELLED}
 DEAD_LETTERS = "surge:deadletter"
-DEAD_LETTER_KEEP = 10_000
 ACTIVE = "surge:jobs:active"
 
 # The last chunk to finish flips the job to succeeded, exactly once (its caller emits the event).
@@ -41,6 +41,23 @@ if redis.call('HGET', KEYS[1], 'status') ~= 'cancelled' then
 end
 redis.call('ZREM', KEYS[3], ARGV[3])
 return 1
+"""
+
+# KEYS[1] the dead-letter list; ARGV record, keep, ttl_s, now. Newest first: entries past
+# their TTL sit at the tail (a few are dropped per call, so the call stays short).
+_DEAD_LETTER = """
+redis.call('LPUSH', KEYS[1], ARGV[1])
+redis.call('LTRIM', KEYS[1], 0, tonumber(ARGV[2]) - 1)
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+local oldest = tonumber(ARGV[4]) - tonumber(ARGV[3])
+for _ = 1, 16 do
+  local last = redis.call('LINDEX', KEYS[1], -1)
+  local ok, entry = pcall(cjson.decode, last or '')
+  local ts = ok and type(entry) == 'table' and tonumber(entry['received_ts'])
+  if not ts or ts >= oldest then break end
+  redis.call('RPOP', KEYS[1])
+end
+return redis.call('LLEN', KEYS[1])
 """
 
 _START = """
@@ -69,6 +86,7 @@ class JobStore:
         self.ttl_s = ttl_s
         self._finish = client.register_script(_FINISH)
         self._start = client.register_script(_START)
+        self._dead_letter = client.register_script(_DEAD_LETTER)
 
     @classmethod
     def from_url(cls, url: str, *, ttl_s: int) -> JobStore:
@@ -214,12 +232,9 @@ class JobStore:
         for offset in range(0, total, page):
             yield from self.results(job_id, offset, min(page, total - offset))
 
-    def add_dead_letter(self, record: dict[str, Any]) -> None:
-        """Keep an undeliverable event (newest first, bounded)."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.lpush(DEAD_LETTERS, json.dumps(record, separators=(",", ":"), default=str))
-            pipe.ltrim(DEAD_LETTERS, 0, DEAD_LETTER_KEEP - 1)
-            pipe.execute()
+    def add_dead_letter(self, encoded: str, *, keep: int, ttl_s: int) -> None:
+        """Keep an undeliverable event (JSON, newest first): at most `keep`, for `ttl_s`."""
+        self._dead_letter(keys=[DEAD_LETTERS], args=[encoded, keep, ttl_s, time.time()])
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest undeliverable events."""

@@ -42,13 +42,15 @@ class KeyRing:
                 found = name
         return found
 
-    def principal(self, headers: Mapping[str, str]) -> str:
-        """The key's name from `Authorization: Bearer <key>` or `X-API-Key: <key>`;
-        Unauthorized (401) when absent or unknown."""
-        key = headers.get("x-api-key")
+    def principal(self, headers: Mapping[str, str], fallback: str | None = None) -> str:
+        """The key's name from `Authorization: Bearer <key>` or `X-API-Key: <key>` (or
+        `fallback`, a key sent otherwise); Unauthorized (401) when absent or unknown. An empty
+        header counts as absent: it never hides a key sent the other way."""
+        key = (headers.get("x-api-key") or "").strip()
         auth = headers.get("authorization", "")
-        if key is None and auth[:7].lower() == "bearer ":
+        if not key and auth[:7].lower() == "bearer ":
             key = auth[7:].strip()
+        key = key or (fallback or "").strip()
         if not key:
             raise Unauthorized("an API key is required: Authorization: Bearer <key> or "
                                "X-API-Key: <key>")

@@ -2,12 +2,27 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def error_body(code: str, message: str, detail: Any = None) -> dict[str, Any]:
-    """The one error shape every response uses."""
-    return {"error": {"code": code, "message": message, "detail": detail}}
+    """The one error shape every response uses. Client input it echoes (a field name, a
+    model name) may hold lone surrogates, which no UTF-8 body can carry: they become U+FFFD."""
+    return {"error": {"code": code, "message": printable(message), "detail": printable(detail)}}
+
+
+def printable(value: Any) -> Any:
+    """`value` with every string made encodable as UTF-8 (lone surrogates -> U+FFFD)."""
+    if isinstance(value, str):
+        return value if value.isascii() else _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {printable(k): printable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [printable(v) for v in value]
+    return value
 
 
 class SurgeError(Exception):
@@ -53,6 +68,12 @@ class InvalidInput(SurgeError):
     code = "invalid_input"
 
 
+class InvalidText(InvalidInput):
+    """A text that is not Unicode text: lone UTF-16 surrogates (sent as JSON escapes)."""
+
+    code = "invalid_text"
+
+
 class EmptyText(InvalidInput):
     code = "empty_text"
 
@@ -85,6 +106,14 @@ class Overloaded(SurgeError):
 
     status = 503
     code = "overloaded"
+
+
+class JobsFull(SurgeError):
+    """The jobs Redis is near its memory limit: new jobs wait (Retry-After) so the jobs
+    already accepted can finish and their results fit."""
+
+    status = 503
+    code = "jobs_full"
 
 
 class NotReady(SurgeError):

@@ -6,6 +6,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+# OpenAPI extension on routes whose rate-limit cost is their number of texts (bulk
+# predictions, OIP infer, CloudEvents): the access guard leaves the charge to the route.
+PRICED_BY_TEXTS: dict[str, object] = {"x-rate-cost": "texts"}
+
 
 def media_type(content_type: str | None) -> str:
     """`application/json; charset=utf-8` -> `application/json` (lower case; "" when absent)."""

@@ -117,6 +117,34 @@ class Settings(BaseSettings):
     # rate_limit_burst; 0 turns it off.
     rate_limit_rps: float = Field(0.0, ge=0)
     rate_limit_burst: int = Field(20, ge=1)
+    # Anonymous CloudEvents (/events, /events/dead-letter without a key) per source address:
+    # texts/s and bursts of texts, on by default (the sink is open by default); 0 turns it off.
+    events_anon_rate: float = Field(100.0, ge=0)
+    events_anon_burst: int = Field(10_000, ge=1)
+
+    # Jobs Redis headroom: new jobs and dead letters are refused (503 jobs_full) while its
+    # used memory plus theirs would pass this fraction of its maxmemory (1: never).
+    jobs_memory_fraction: float = Field(0.8, gt=0, le=1)
+    # Dead letters: the newest dead_letter_keep, each cut to dead_letter_max_bytes of data,
+    # kept dead_letter_ttl_s.
+    dead_letter_keep: int = Field(1000, ge=1)
+    dead_letter_max_bytes: int = Field(16_384, ge=256)
+    dead_letter_ttl_s: int = Field(7 * 24 * 3600, ge=1)
+
+    # Connections (online/connections.py). A request's headers must arrive within
+    # header_timeout_s of its first byte (of the connection, for the first request); its body
+    # within body_timeout_s plus one second per body_min_rate bytes received; an idle
+    # keep-alive connection is closed after keep_alive_s. Past max_connections (lowered to fit
+    # the file-descriptor limit) a new connection displaces an idle one, else is closed.
+    header_timeout_s: float = Field(10.0, gt=0)
+    body_timeout_s: float = Field(30.0, gt=0)
+    body_min_rate: int = Field(16_384, ge=1)
+    keep_alive_s: int = Field(60, ge=1)
+    max_connections: int = Field(4096, ge=16)
+    # Bodies over large_body_bytes (bulk job uploads) cost ~3x their size in memory while
+    # parsed and stored: at most large_body_concurrency at once, others 503 + Retry-After.
+    large_body_bytes: int = Field(1_048_576, ge=1024)
+    large_body_concurrency: int = Field(2, ge=1)
 
     # Shutdown: after SIGTERM, wait drain_delay_s with readiness at 503 (so the router stops
     # sending), then let in-flight requests finish for up to shutdown_grace_s.

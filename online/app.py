@@ -8,10 +8,11 @@ from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from common.bundle import ModelBundle
 from common.errors import SurgeError, error_body
@@ -19,7 +20,7 @@ from common.metrics import Metrics
 from common.schemas import ErrorResponse
 from common.settings import Settings
 from online.fastpath import FastPredict
-from online.middleware import BodyLimitMiddleware, ObservabilityMiddleware
+from online.middleware import CLIENT_GONE, BodyLimitMiddleware, ObservabilityMiddleware
 from online.routes import ops_router, router
 from online.runtime import Runtime
 from online.security import Security, guard
@@ -52,7 +53,7 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
             app.state.jobs = _job_service(settings, rt.metrics)
         yield
         await rt.stop()
-        await app.state.security.limiter.close()
+        await app.state.security.close()
 
     app = FastAPI(title="surgeserve", version="0.1.0", lifespan=lifespan,
                   description="Cached, micro-batched text classification.")
@@ -80,9 +81,12 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
         app.add_middleware(FastPredict, guard=guard("predict"), respond_error=_error_response)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
                        large={"/v1/jobs": settings.job_max_bytes,
-                              "/events": settings.job_max_bytes})
+                              "/events": settings.job_max_bytes},
+                       big_bytes=settings.large_body_bytes,
+                       big_slots=settings.large_body_concurrency,
+                       retry_after_s=settings.retry_after_s)
     app.add_middleware(ObservabilityMiddleware, metrics=rt.metrics,
-                       log_requests=settings.access_log)
+                       log_requests=settings.access_log, draining=lambda: rt.draining)
     return app
 
 
@@ -113,8 +117,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         message = "body is not valid JSON" if json_broken else "request does not match the schema"
         return JSONResponse(error_body("invalid_input", message, detail), status_code=422)
 
-    async def on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
+        if isinstance(exc.__cause__, ClientDisconnect):  # gone while FastAPI read the body
+            return await on_client_gone(request, exc.__cause__)
         if exc.status_code == 400:  # FastAPI could not parse the body (e.g. JSON nested
             # deeper than the parser's recursion limit): the client's input, so 422 as usual
             return JSONResponse(error_body("invalid_input", "body could not be parsed as JSON "
@@ -124,6 +130,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=exc.headers)
 
+    async def on_client_gone(request: Request, exc: Exception) -> Response:
+        # Nobody is left to answer; the status is for the metrics and the access log.
+        return Response(status_code=CLIENT_GONE)
+
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         return JSONResponse(error_body("internal", "internal error"), status_code=500)
@@ -131,6 +141,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(SurgeError, on_surge_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(ClientDisconnect, on_client_gone)
     app.add_exception_handler(Exception, on_unexpected)
 
 

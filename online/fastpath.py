@@ -5,9 +5,9 @@ these machines a cache hit spent ~0.44 ms in the app, more than half of it in Fa
 and dependency resolution (README, Benchmarks). This ASGI layer answers the ordinary case of
 that one route itself, with the functions the FastAPI route uses (access guard, service,
 response, error response), and hands everything else to FastAPI untouched: a content type that
-is not JSON, a body that is not JSON or does not match the schema, a client gone mid-body. So
-every input error still comes from one place with one shape, and the OpenAPI document still
-describes the route. `SURGE_FAST_PATH=false` turns it off.
+is not JSON, a body that is not JSON or does not match the schema (a client gone mid-body gets
+no answer). So every input error still comes from one place with one shape, and the OpenAPI
+document still describes the route. `SURGE_FAST_PATH=false` turns it off.
 """
 
 from __future__ import annotations
@@ -45,8 +45,10 @@ class FastPredict:
             await self.app(scope, receive, send)
             return
         body, complete = await _read(receive)
+        if not complete:
+            return  # the client went away mid-body: nobody to answer (counted as 499)
         replay = replay_body(body, receive)
-        parsed = _parse(body) if complete else None
+        parsed = _parse(body)
         if parsed is None:
             await self.app(scope, replay, send)  # FastAPI gives the usual answer
             return

@@ -15,8 +15,11 @@ from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
-from common.errors import InvalidInput, SurgeError
+from common.errors import InvalidInput, SurgeError, printable
+from common.schemas import PRICED_BY_TEXTS
+from common.textnorm import is_text
 from online.runtime import Runtime
+from online.security import charge
 from online.service import PredictionService
 
 router = APIRouter(tags=["open inference protocol"])
@@ -50,7 +53,7 @@ class ProtocolError(Exception):
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return JSONResponse({"error": printable(message)}, status_code=status)
 
 
 def _service(rt: Runtime, name: str, version: str | None = None) -> PredictionService:
@@ -130,13 +133,14 @@ def _ready(rt: Runtime, name: str, version: str | None) -> Response:
     return JSONResponse({"name": name, "ready": not rt.draining})
 
 
-@router.post("/v2/models/{name}/infer", responses=_documented(400, 404, 413, 503, 504))
+@router.post("/v2/models/{name}/infer", openapi_extra=PRICED_BY_TEXTS,
+             responses=_documented(400, 404, 413, 503, 504))
 async def infer(name: str, request: Request, rt: RuntimeDep) -> Response:
     """Classify a BYTES tensor of texts (shape [N] or [N, 1])."""
     return await _infer(rt, request, name, None)
 
 
-@router.post("/v2/models/{name}/versions/{version}/infer",
+@router.post("/v2/models/{name}/versions/{version}/infer", openapi_extra=PRICED_BY_TEXTS,
              responses=_documented(400, 404, 413, 503, 504))
 async def infer_version(name: str, version: str, request: Request, rt: RuntimeDep) -> Response:
     """Infer with one version (404 unless it is the version served)."""
@@ -148,6 +152,7 @@ async def _infer(rt: Runtime, request: Request, name: str, version: str | None) 
         service = _service(rt, name, version)
         header, texts = _parse(await request.body(), request.headers.get(HEADER_LENGTH))
         wanted = _wanted_outputs(header)
+        await charge(request, len(texts))  # RateLimited: the guard's 429, as documented
         try:
             results = await service.predict_many(texts)
         except InvalidInput as exc:
@@ -174,15 +179,20 @@ def _with_detail(exc: InvalidInput) -> str:
 
 
 def _parse(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[str]]:
-    """The request's JSON header and its one BYTES input, from JSON or binary tensor data."""
+    """The request's JSON header and its one BYTES input, from JSON or binary tensor data.
+    Anything malformed, mistyped or lying about its lengths is a 400, as KServe answers."""
+    split = _header_split(raw, header_length)
     try:
-        split = int(header_length) if header_length is not None else len(raw)
         header = json.loads(raw[:split])
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
         raise ProtocolError(400, "the request is not a valid inference request "
                                  "(JSON header expected)") from exc
     if not isinstance(header, dict) or not isinstance(header.get("inputs"), list):
         raise ProtocolError(400, "an inference request needs \"inputs\": [tensor]")
+    request_id = header.get("id")
+    if request_id is not None and not (isinstance(request_id, str) and is_text(request_id)):
+        raise ProtocolError(400, "\"id\" must be a string")
+    _parameters(header, "the request")
     if len(header["inputs"]) != 1:
         raise ProtocolError(400, f"expected exactly one input tensor (BYTES texts), got "
                                  f"{len(header['inputs'])}")
@@ -191,13 +201,21 @@ def _parse(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[
         raise ProtocolError(400, "the input tensor must have datatype BYTES")
     shape = tensor.get("shape")
     if (not isinstance(shape, list) or not shape or len(shape) > 2
-            or not all(isinstance(d, int) and d >= 0 for d in shape)
+            or not all(type(d) is int and d >= 0 for d in shape)
             or (len(shape) == 2 and shape[1] != 1)):
         raise ProtocolError(400, "the input shape must be [N] or [N, 1]")
     count = math.prod(shape)
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    size = _parameters(tensor, "the input tensor").get("binary_data_size")
+    blob = raw[split:]
+    if size is None and blob:
+        raise ProtocolError(400, "binary data follows the JSON header but the input tensor "
+                                 "has no binary_data_size")
     if size is not None:
-        texts = _binary_strings(raw[split:split + int(size)], count)
+        if type(size) is not int or size != len(blob):  # type(): True is no size either
+            raise ProtocolError(400, f"binary_data_size must be the number of bytes after the "
+                                     f"JSON header ({len(blob)}), got "
+                                     f"{size if type(size) is int else type(size).__name__}")
+        texts = _binary_strings(blob, count)
     else:
         texts = _json_strings(tensor.get("data"), count)
     if not texts:
@@ -205,21 +223,44 @@ def _parse(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[
     return header, texts
 
 
+def _header_split(raw: bytes, header_length: str | None) -> int:
+    """Where the JSON header ends: Inference-Header-Content-Length, or the whole body."""
+    if header_length is None:
+        return len(raw)
+    value = header_length.strip()
+    if not (value.isascii() and value.isdigit()) or int(value) > len(raw):
+        raise ProtocolError(400, f"{HEADER_LENGTH} must be the JSON header's length in "
+                                 f"bytes (at most the body's {len(raw)})")
+    return int(value)
+
+
+def _parameters(owner: dict[str, Any], what: str) -> dict[str, Any]:
+    """An object's `parameters`: absent, or a JSON object."""
+    found = owner.get("parameters")
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise ProtocolError(400, f"the parameters of {what} must be a JSON object")
+    return found
+
+
 def _json_strings(data: Any, count: int) -> list[str]:
-    flat = list(_flatten(data)) if isinstance(data, list) else None
-    if flat is None or not all(isinstance(t, str) for t in flat):
+    """BYTES data as JSON: a flat list of strings, or one list of strings per row (shape
+    [N, 1]); nothing deeper (no recursion on client input)."""
+    if not isinstance(data, list):
         raise ProtocolError(400, "BYTES input data must be a list of strings")
+    flat: list[str] = []
+    for item in data:
+        if isinstance(item, str):
+            flat.append(item)
+        elif isinstance(item, list) and all(isinstance(t, str) for t in item):
+            flat.extend(item)
+        else:
+            raise ProtocolError(400, "BYTES input data must be a list of strings (or of "
+                                     "one-string rows)")
     if len(flat) != count:
         raise ProtocolError(400, f"the input shape says {count} elements, data has {len(flat)}")
     return flat
-
-
-def _flatten(data: list[Any]) -> Any:
-    for item in data:
-        if isinstance(item, list):
-            yield from _flatten(item)
-        else:
-            yield item
 
 
 def _binary_strings(blob: bytes, count: int) -> list[str]:
@@ -229,11 +270,13 @@ def _binary_strings(blob: bytes, count: int) -> list[str]:
         while offset < len(blob):
             (length,) = struct.unpack_from("<I", blob, offset)
             offset += 4
+            if offset + length > len(blob):
+                raise ProtocolError(400, "a binary BYTES element is longer than the data left")
             texts.append(blob[offset:offset + length].decode("utf-8"))
             offset += length
     except (struct.error, UnicodeDecodeError) as exc:
         raise ProtocolError(400, "malformed binary BYTES tensor data") from exc
-    if len(texts) != count or offset != len(blob):
+    if len(texts) != count:
         raise ProtocolError(400, f"the input shape says {count} elements, the binary data "
                                  f"holds {len(texts)}")
     return texts
@@ -241,17 +284,19 @@ def _binary_strings(blob: bytes, count: int) -> list[str]:
 
 def _wanted_outputs(header: dict[str, Any]) -> list[tuple[str, bool]]:
     """(output name, as binary data) for each requested output; all three (JSON) if none."""
-    binary_all = bool((header.get("parameters") or {}).get("binary_data_output"))
+    binary_all = bool(_parameters(header, "the request").get("binary_data_output"))
     requested = header.get("outputs")
-    if not requested:
+    if requested is None or requested == []:
         return [(name, binary_all) for name in OUTPUTS]
+    if not isinstance(requested, list):
+        raise ProtocolError(400, "\"outputs\" must be a list of {\"name\": ...}")
     wanted = []
     for output in requested:
         name = output.get("name") if isinstance(output, dict) else None
-        if name not in OUTPUTS:
-            raise ProtocolError(400, f"unknown output {name!r}: the outputs are "
+        if not isinstance(name, str) or name not in OUTPUTS:
+            raise ProtocolError(400, f"unknown output {name!r:.80}: the outputs are "
                                      f"{', '.join(OUTPUTS)}")
-        binary = (output.get("parameters") or {}).get("binary_data", binary_all)
+        binary = _parameters(output, f"output {name}").get("binary_data", binary_all)
         wanted.append((name, bool(binary)))
     return wanted
 

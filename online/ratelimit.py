@@ -17,6 +17,9 @@ from common.errors import RateLimited
 log = logging.getLogger(__name__)
 
 # KEYS[1] bucket; ARGV rate/s, burst, cost. Returns the seconds to wait ("0" = allowed).
+# A request is let in when the bucket holds its cost (at most a full bucket) and then pays
+# its whole cost: the balance may go below zero, and the caller waits until it is paid back,
+# so a 256-text request costs 256 texts however small the burst.
 _TAKE = """
 local rate, burst, cost = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
@@ -25,10 +28,11 @@ local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+local need = math.min(cost, burst)
 local wait = 0
-if tokens >= cost then tokens = tokens - cost else wait = (cost - tokens) / rate end
+if tokens >= need then tokens = tokens - cost else wait = (need - tokens) / rate end
 redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('EXPIRE', KEYS[1], math.ceil(burst / rate) + 1)
+redis.call('EXPIRE', KEYS[1], math.ceil((burst - math.min(tokens, 0)) / rate) + 1)
 return tostring(wait)
 """
 
@@ -37,8 +41,9 @@ class RateLimiter:
     """`await take(who)` raises RateLimited (429, Retry-After) when `who` is over budget."""
 
     def __init__(self, rate: float, burst: int, redis_url: str | None = None,
-                 down_for_s: float = 5.0):
+                 down_for_s: float = 5.0, *, unit: str = "requests", name: str = "rl"):
         self.rate, self.burst = rate, burst
+        self.unit, self.name = unit, name  # what a token is; the bucket family's key prefix
         self._redis = (aioredis.Redis.from_url(redis_url, socket_timeout=0.1,
                                                socket_connect_timeout=0.1)
                        if redis_url else None)
@@ -52,41 +57,42 @@ class RateLimiter:
         """Whether limits apply."""
         return self.rate > 0
 
-    async def take(self, who: str) -> None:
-        """Spend one token of `who`'s bucket."""
+    async def take(self, who: str, cost: int = 1) -> None:
+        """Spend `cost` tokens of `who`'s bucket (RateLimited when it does not hold them)."""
         if not self.enabled:
             return
-        wait = await self._shared(who)
+        wait = await self._shared(who, cost)
         if wait is None:
-            wait = self._take_local(who)
+            wait = self._take_local(who, cost)
         if wait > 0:
-            raise RateLimited(f"rate limit: {self.rate:g} requests/s (bursts of {self.burst})",
-                              {"retry_after_s": round(wait, 3)},
+            raise RateLimited(f"rate limit: {self.rate:g} {self.unit}/s (bursts of "
+                              f"{self.burst})", {"retry_after_s": round(wait, 3)},
                               retry_after=max(1, math.ceil(wait)))
 
-    async def _shared(self, who: str) -> float | None:
+    async def _shared(self, who: str, cost: int) -> float | None:
         if self._script is None or time.monotonic() < self._down_until:
             return None
-        key = "surge:rl:" + hashlib.sha256(who.encode()).hexdigest()[:24]
+        key = f"surge:{self.name}:" + hashlib.sha256(who.encode()).hexdigest()[:24]
         try:
-            return float(await self._script(keys=[key], args=[self.rate, self.burst, 1]))
+            return float(await self._script(keys=[key], args=[self.rate, self.burst, cost]))
         except (redis.exceptions.RedisError, OSError) as exc:
             log.warning("rate limiter: cache Redis unavailable (%s); per-replica buckets "
                         "for %g s", type(exc).__name__, self._down_for_s)
             self._down_until = time.monotonic() + self._down_for_s
             return None
 
-    def _take_local(self, who: str) -> float:
+    def _take_local(self, who: str, cost: int) -> float:
         now = time.monotonic()
         if len(self._local) > 100_000:  # bounded memory under many clients: start over
             self._local.clear()
         tokens, ts = self._local.get(who, (float(self.burst), now))
         tokens = min(self.burst, tokens + (now - ts) * self.rate)
-        if tokens >= 1:
-            self._local[who] = (tokens - 1, now)
+        need = min(cost, self.burst)
+        if tokens >= need:
+            self._local[who] = (tokens - cost, now)
             return 0.0
         self._local[who] = (tokens, now)
-        return (1 - tokens) / self.rate
+        return (need - tokens) / self.rate
 
     async def close(self) -> None:
         """Close the Redis connection."""

@@ -11,6 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from common.errors import UnsupportedMediaType
 from common.schemas import (
+    PRICED_BY_TEXTS,
     BulkPredictRequest,
     BulkPredictResponse,
     ErrorResponse,
@@ -22,6 +23,7 @@ from common.schemas import (
     ranked_body,
 )
 from online.runtime import Runtime
+from online.security import charge
 from online.service import Prediction, PredictionService
 
 
@@ -62,12 +64,12 @@ async def predict(body: PredictRequest, rt: RuntimeDep) -> Response:
 
 
 @router.post("/v1/bulk-predict", response_model=BulkPredictResponse, tags=["predict"],
-             dependencies=[Depends(require_json)],
+             dependencies=[Depends(require_json)], openapi_extra=PRICED_BY_TEXTS,
              responses=_errors(413, 415, 422, 503, 504))
-async def bulk_predict(body: BulkPredictRequest, rt: RuntimeDep) -> Response:
+async def bulk_predict(body: BulkPredictRequest, rt: RuntimeDep, request: Request) -> Response:
     """Classify 1..bulk_max_items texts with the default model; order kept, duplicates
-    computed once."""
-    return await _bulk(rt.require_service(), body)
+    computed once. Costs one rate-limit token per text."""
+    return await _bulk(rt.require_service(), body, request)
 
 
 @router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["predict"],
@@ -80,10 +82,11 @@ async def predict_with(name: str, body: PredictRequest, rt: RuntimeDep) -> Respo
 
 @router.post("/v1/models/{name}/bulk-predict", response_model=BulkPredictResponse,
              tags=["predict"], dependencies=[Depends(require_json)],
-             responses=_errors(404, 413, 415, 422, 503, 504))
-async def bulk_predict_with(name: str, body: BulkPredictRequest, rt: RuntimeDep) -> Response:
-    """Classify 1..bulk_max_items texts with the named model."""
-    return await _bulk(rt.require_service(name), body)
+             openapi_extra=PRICED_BY_TEXTS, responses=_errors(404, 413, 415, 422, 503, 504))
+async def bulk_predict_with(name: str, body: BulkPredictRequest, rt: RuntimeDep,
+                            request: Request) -> Response:
+    """Classify 1..bulk_max_items texts with the named model (one token per text)."""
+    return await _bulk(rt.require_service(name), body, request)
 
 
 async def predict_reply(service: PredictionService, body: PredictRequest) -> Response:
@@ -93,7 +96,10 @@ async def predict_reply(service: PredictionService, body: PredictRequest) -> Res
                                          "version": service.bundle.version})
 
 
-async def _bulk(service: PredictionService, body: BulkPredictRequest) -> Response:
+async def _bulk(service: PredictionService, body: BulkPredictRequest,
+                request: Request) -> Response:
+    # One token per text; a list over the bulk limit (refused next) costs a full one.
+    await charge(request, min(len(body.texts), service.limits.bulk_max_items))
     results = await service.predict_many(body.texts)
     return JSONResponse({"model": service.bundle.name, "version": service.bundle.version,
                          "results": [_item(r) for r in results]})

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 
 from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache
-from common.errors import DeadlineExceeded, EmptyText, TextTooLong, TooManyItems
+from common.errors import DeadlineExceeded, TooManyItems
 from common.metrics import Metrics
+from common.textnorm import check_text
 from online.batcher import MicroBatcher
 
 
@@ -72,14 +73,9 @@ class PredictionService:
         keys: list[str] = []
         by_key: dict[str, str] = {}
         for index, raw in enumerate(texts):
-            where = {"index": index} if bulk else None
-            if len(raw) > self.limits.max_text_chars:
-                raise TextTooLong(
-                    f"text is longer than {self.limits.max_text_chars} characters",
-                    (where or {}) | {"max_chars": self.limits.max_text_chars, "got": len(raw)})
+            check_text(raw, max_chars=self.limits.max_text_chars,
+                       index=index if bulk else None)
             text, key = self.bundle.keyed(raw)
-            if not text:
-                raise EmptyText("text is empty or only whitespace", where)
             keys.append(key)
             by_key.setdefault(key, text)
         return keys, by_key

@@ -4,13 +4,16 @@ status the API returns is one the OpenAPI document lists."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from schemathesis.checks import (
     content_type_conformance,
     not_a_server_error,
@@ -79,3 +82,75 @@ def test_fuzzing_also_runs_without_a_key(served: str) -> None:
     response = case.call(base_url=served)
     assert response.status_code == 401
     case.validate_response(response, checks=CHECKS)
+
+
+# What schemathesis does not send: lone UTF-16 surrogates (valid JSON escapes, not Unicode
+# text) inside otherwise ordinary texts, and JSON nested past the parser's recursion limit.
+SURROGATE = st.characters(min_codepoint=0xD800, max_codepoint=0xDFFF)
+HOSTILE_TEXT = st.lists(st.one_of(st.text(max_size=8), SURROGATE), min_size=1,
+                        max_size=6).map("".join)
+EVENT = {"ce-specversion": "1.0", "ce-type": "dev.surgeserve.bulk.requested",
+         "ce-source": "/fuzz", "content-type": "application/json"}
+
+
+def text_requests(name: str, text: str, n: int) -> list[tuple[str, bytes, dict[str, str]]]:
+    """One request per text route carrying `text` (JSON-escaped, as a client sends it)."""
+    one, many = json.dumps({"text": text}).encode(), json.dumps({"texts": [text]}).encode()
+    tensor = {"name": "t", "shape": [1], "datatype": "BYTES", "data": [text]}
+    plain = {"content-type": "application/json"}
+    return [("/v1/predict", one, plain), (f"/v1/models/{name}/predict", one, plain),
+            ("/v1/bulk-predict", many, plain), (f"/v1/models/{name}/bulk-predict", many, plain),
+            ("/v1/jobs", many, plain),
+            ("/v1/jobs", json.dumps(text).encode(), {"content-type": "application/x-ndjson"}),
+            ("/events", many, EVENT | {"ce-id": f"fuzz-{n}"}),
+            (f"/v2/models/{name}/infer", json.dumps({"inputs": [tensor]}).encode(), plain)]
+
+
+def assert_clean(reply: httpx.Response, path: str) -> None:
+    """Never a 5xx; every refusal in its route's documented error shape."""
+    assert reply.status_code < 500, (path, reply.status_code, reply.text[:200])
+    if reply.status_code < 400:
+        return
+    body = reply.json()
+    if path.startswith("/v2/"):
+        assert isinstance(body["error"], str)
+    else:
+        assert set(body["error"]) == {"code", "message", "detail"}, body
+
+
+def test_lone_surrogates_and_deep_nesting_on_every_text_route(served: str) -> None:
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.Client(base_url=served, timeout=60, headers=headers) as client:
+        name = client.get("/v1/models").json()["models"][0]["name"]
+        calls = iter(range(1_000_000))
+
+        @given(text=HOSTILE_TEXT)
+        @settings(max_examples=30, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def surrogates(text: str) -> None:
+            for path, content, extra in text_requests(name, text, next(calls)):
+                reply = client.post(path, content=content, headers=extra)
+                assert_clean(reply, path)
+                if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+                    assert 400 <= reply.status_code < 500, (path, reply.status_code)
+
+        @given(depth=st.integers(min_value=900, max_value=200_000),
+               where=st.sampled_from(["bare", "texts", "text"]))
+        @settings(max_examples=12, deadline=None, derandomize=True, database=None,
+                  suppress_health_check=list(HealthCheck))
+        def nesting(depth: int, where: str) -> None:
+            nested = b"[" * depth + b'"a"' + b"]" * depth
+            wrapped = {"bare": nested, "texts": b'{"texts": ' + nested + b"}",
+                       "text": b'{"text": ' + nested + b"}"}[where]
+            for path, _, extra in text_requests(name, "x", next(calls)):
+                body = (b'{"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", '
+                        b'"data": ' + nested + b"}]}") if path.startswith("/v2/") else wrapped
+                reply = client.post(path, content=body, headers=extra)
+                assert_clean(reply, path)
+                if extra.get("content-type") != "application/x-ndjson":  # there a line that
+                    # is not JSON is a text: refused only when too long
+                    assert 400 <= reply.status_code < 500, (path, depth, reply.status_code)
+
+        surrogates()
+        nesting()
+        assert client.get("/metrics").status_code == 200
