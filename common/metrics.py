@@ -54,6 +54,14 @@ class Metrics(CacheMetrics):
             ["route", "method"], buckets=LATENCY_BUCKETS, registry=r)
         self.in_flight = Gauge(
             "surge_requests_in_flight", "HTTP requests being served now.", registry=r)
+        self.connections_open = Gauge(
+            "surge_connections_open", "Open client connections (HTTP/1.1).", registry=r)
+        self.connections_closed = Counter(
+            "surge_connections_closed_total",
+            "Connections the server closed, by reason (headers_timeout, body_timeout, idle, "
+            "headers_too_large, evicted: displaced by a new one past the cap, refused: over "
+            "the cap, all busy).",
+            ["reason"], registry=r)
         # Batcher families carry the model: each model has its own batcher.
         self.batch_size = Histogram(
             "surge_batch_size", "Items per model batch.", ["model"], buckets=BATCH_BUCKETS,

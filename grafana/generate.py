@@ -152,6 +152,12 @@ def online() -> dict[str, Any]:
              "legendFormat": "{{version}} {{k_revision}}"},
             {"expr": f"max(surge_model_load_seconds{{{pred}}})",
              "legendFormat": "load seconds (max)"}], "short"),
+        panel("Connections: open and closed by the server", [
+            {"expr": f"sum(surge_connections_open{{{pred}}})", "legendFormat": "open"},
+            {"expr": f"sum by (reason) (rate(surge_connections_closed_total{{{pred}}}"
+                     f"[{RATE}]))", "legendFormat": "closed {{reason}}"}], "short",
+            "Timeouts (headers, body, idle) and the connection cap (evicted, refused): "
+            "slow or idle clients shed before they exhaust file descriptors."),
     ])
 
 

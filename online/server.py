@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import resource
 import signal
 from concurrent.futures import Future
 from threading import Thread
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import uvicorn
 
@@ -16,8 +17,11 @@ from common.bundle import ModelBundle
 from common.logs import setup_logging
 from common.memory import tune_malloc
 from common.settings import Settings
+from online.connections import ConnectionLimits, connection_cap, guarded_protocol, raise_fd_limit
 
 if TYPE_CHECKING:
+    from fastapi import FastAPI
+
     from online.runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -67,6 +71,26 @@ class DrainingServer(uvicorn.Server):
             captured[:] = [s for s in captured if s != sig]
 
 
+def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn.Config:
+    """uvicorn's configuration for the app: the Knative contract and the connection limits
+    (online/connections.py). Tests serve their apps with it too."""
+    fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    cap = connection_cap(settings.max_connections, fd_limit)
+    if cap < settings.max_connections:
+        log.warning("SURGE_MAX_CONNECTIONS=%d lowered to %d to fit the open-files limit (%d)",
+                    settings.max_connections, cap, fd_limit)
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s, body_timeout_s=settings.body_timeout_s,
+        body_min_rate=settings.body_min_rate, max_connections=cap,
+        metrics=app.state.runtime.metrics)
+    options: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_s) or None,
+        "lifespan": "on", "server_header": False, "http": guarded_protocol(limits),
+        "timeout_keep_alive": settings.keep_alive_s} | overrides
+    return uvicorn.Config(app, **options)
+
+
 def serve(settings: Settings | None = None) -> int:
     """Run the API until a signal; exit 0 after a clean drain."""
     settings = settings or Settings()
@@ -74,14 +98,11 @@ def serve(settings: Settings | None = None) -> int:
     setup_logging(settings)
     log.info("starting", extra={"settings": settings.masked()})
     settings.warn_shared_redis()
+    raise_fd_limit()  # connections are capped below it (SURGE_MAX_CONNECTIONS)
     models = preload(settings) if settings.role != "jobs" else None
     from online.app import create_app  # after preload: fastapi's import overlaps the load
 
     app = create_app(settings, bundles_future=models)
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_config=None, access_log=False,
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) or None,
-        lifespan="on", server_header=False)
-    server = DrainingServer(config, app.state.runtime)
+    server = DrainingServer(server_config(app, settings), app.state.runtime)
     server.run()
     return 0

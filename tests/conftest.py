@@ -66,11 +66,14 @@ class LiveServer:
     def __init__(self, app) -> None:  # type: ignore[no-untyped-def]
         import uvicorn
 
+        from online.server import server_config
+
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
-                                access_log=False, lifespan="on")
+        # the production configuration (connection limits included), on loopback
+        config = server_config(app, app.state.runtime.settings, host="127.0.0.1",
+                               port=self.port, timeout_graceful_shutdown=None)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"
