@@ -166,8 +166,10 @@ class GuardedHttpTools(HttpToolsProtocol):
     def _expired(self) -> None:
         self._timer = None
         if self._reading == "body":
+            if self.flow.read_paused:  # our application is not reading: not the client's fault
+                self._body_deadline = time.monotonic() + self.limits.body_timeout_s
             left = self._body_deadline - time.monotonic()
-            if left > 0:  # data came in since: the deadline moved on
+            if left > 0:  # data came in since (or we paused reading): the deadline moved on
                 self._timer = self.loop.call_later(left, self._expired)
                 return
         self._close(f"{self._reading}_timeout")
