@@ -169,14 +169,14 @@ def test_defaults_are_the_documented_ones() -> None:
         100, 10_000, 0.8)
     assert (s.dead_letter_keep, s.dead_letter_max_bytes, s.dead_letter_ttl_s) == (
         1000, 16384, 604800)
-    # and the server really runs with them
+    # and the server really runs with them (serve() raises the fd limit first, as here)
+    soft = raise_fd_limit()
     config = server_config(create_app(Settings()), s)
     config.load()
     limits = config.http_protocol_class.limits  # type: ignore[attr-defined]
     assert config.timeout_keep_alive == 60
     assert (limits.header_timeout_s, limits.body_timeout_s, limits.body_min_rate) == (
         10, 30, 16384)
-    soft = raise_fd_limit()
     assert limits.max_connections == connection_cap(4096, soft) <= soft - 64
 
 
