@@ -11,7 +11,9 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
 from batch import events
+from batch.items import ItemIds, check_id, split_items
 from batch.service import JobService
+from batch.store import OWNER_INDEX_KEEP
 from common.errors import InvalidInput, NotReady, UnsupportedMediaType
 from common.schemas import PRICED_BY_TEXTS, ErrorResponse, media_type
 
@@ -52,38 +54,50 @@ def _view(job: dict[str, Any]) -> dict[str, Any]:
         "self": base, "results": f"{base}/results"}}
 
 
-def _job_from_body(content_type: str, body: bytes) -> tuple[list[str], str | None]:
-    """The texts, and the model named in a JSON body (None: not named)."""
+def _job_from_body(content_type: str, body: bytes) -> tuple[list[str], ItemIds | None,
+                                                            str | None]:
+    """The texts, their ids (None: no item has one) and the model named in a JSON body
+    (None: not named)."""
     if content_type == NDJSON:
-        return _ndjson_texts(body), None
+        return *_ndjson_items(body), None
     try:
         data = json.loads(body)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested too deeply
         raise InvalidInput("body is not valid JSON (malformed, or nested too deeply)") from exc
     found = data.get("texts") if isinstance(data, dict) else None
-    if not isinstance(found, list) or not all(isinstance(t, str) for t in found):
-        raise InvalidInput('body must be {"texts": [string, ...], "model"?: string}')
+    if not isinstance(found, list):
+        raise InvalidInput('body must be {"texts": [string or {"id"?, "text"}, ...], '
+                           '"model"?: string}')
+    texts, ids = split_items(found)
     model = data.get("model")
     if model is not None and not isinstance(model, str):
         raise InvalidInput('"model" must be a model name (string)')
-    return found, model
+    return texts, ids, model
 
 
-def _ndjson_texts(body: bytes) -> list[str]:
-    texts = []
-    for number, line in enumerate(body.decode("utf-8").splitlines(), start=1):
+def _ndjson_items(body: bytes) -> tuple[list[str], ItemIds | None]:
+    texts: list[str] = []
+    ids: ItemIds = []
+    # Records end at \n (or \r\n) only: str.splitlines() would also split at U+2028, U+2029,
+    # U+0085, \f, \v and \x1c-\x1e, which may stand raw in a JSON string or a text.
+    for number, raw in enumerate(body.decode("utf-8").split("\n"), start=1):
+        line = raw.removesuffix("\r")
         if not line.strip():
             continue
         try:
             item = json.loads(line)
         except (ValueError, RecursionError):  # (nested too deeply: refused as too long)
             item = line  # a bare line of text is a text
-        text = item.get("text") if isinstance(item, dict) else item
-        if not isinstance(text, str):
+        if isinstance(item, dict) and isinstance(item.get("text"), str):
+            texts.append(item["text"])
+            ids.append(check_id(item.get("id"), len(texts) - 1))
+        elif isinstance(item, str):
+            texts.append(item)
+            ids.append(None)
+        else:
             raise InvalidInput("each NDJSON line is a text, a JSON string or "
-                               '{"text": "..."}', {"line": number})
-        texts.append(text)
-    return texts
+                               '{"id"?: ..., "text": "..."}', {"line": number})
+    return texts, (ids if any(i is not None for i in ids) else None)
 
 
 async def _charge(request: Request, texts: int) -> None:
@@ -99,19 +113,43 @@ async def submit_job(request: Request, jobs: Jobs,
                      model: Annotated[str | None, Query(description="model name (NDJSON "
                                                         "uploads; JSON may say \"model\")")]
                      = None) -> Response:
-    """Submit a bulk job: JSON `{"texts": [...], "model"?: name}` or NDJSON (one text per
-    line, `?model=name`). No model named: the default model."""
+    """Submit a bulk job: JSON `{"texts": [...], "model"?: name}` or NDJSON (one item per
+    line, `?model=name`). An item is a text or `{"id": ..., "text": ...}` (results carry
+    the id back). No model named: the default model."""
     ctype = media_type(request.headers.get("content-type"))
     if ctype not in ("application/json", NDJSON):
         raise UnsupportedMediaType(f"send application/json or {NDJSON}", {"content_type": ctype})
     try:
-        texts, named = _job_from_body(ctype, await request.body())
+        texts, ids, named = _job_from_body(ctype, await request.body())
     except UnicodeDecodeError as exc:
         raise InvalidInput("body is not UTF-8") from exc
-    job, created = await jobs.submit(texts, request.headers.get("idempotency-key"),
+    job, created = await jobs.submit(texts, request.headers.get("idempotency-key"), ids=ids,
                                      model=named or model, owner=principal(request))
     return JSONResponse(_view(job), status_code=202 if created else 200,
                         headers={"Location": f"/v1/jobs/{job['id']}"})
+
+
+@router.get("/v1/jobs", responses=_errors(403, 503))
+async def list_jobs(request: Request, jobs: Jobs,
+                    offset: Annotated[int, Query(ge=0, le=OWNER_INDEX_KEEP)] = 0,
+                    limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
+    """The caller's jobs, newest first, `offset`/`limit` paged (the newest 10,000 within
+    the retention time). Without keys: 403 unless SURGE_JOBS_LIST_ANONYMOUS."""
+    page, count = await jobs.owned(principal(request), offset, limit)
+    following = offset + limit if offset + limit < count else None
+    return {"jobs": [_view(job) for job in page], "offset": offset, "limit": limit,
+            "next_offset": following,
+            "next": f"/v1/jobs?offset={following}&limit={limit}" if following else None}
+
+
+@router.get("/v1/limits", responses=_errors(503))
+async def limits(jobs: Jobs) -> dict[str, int]:
+    """The limits a client splits its input by: texts and bytes per job, characters per
+    text, texts and bytes per bulk prediction."""
+    s = jobs.settings
+    return {"job_max_items": s.job_max_items, "job_max_bytes": s.job_max_bytes,
+            "max_text_chars": s.max_text_chars, "bulk_max_items": s.bulk_max_items,
+            "max_body_bytes": s.max_body_bytes, "job_chunk_size": s.job_chunk_size}
 
 
 @router.get("/v1/jobs/{job_id}", responses=_errors(404, 503))
@@ -124,7 +162,8 @@ async def job_status(request: Request, job_id: str, jobs: Jobs) -> dict[str, Any
 async def job_results(request: Request, job_id: str, jobs: Jobs,
                       offset: Annotated[int, Query(ge=0)] = 0,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
-    """A page of `{index, label, score, scores}`; `Accept: application/x-ndjson` streams all."""
+    """A page of `{index, id, label, score, scores}` (`id`: the item's, or null);
+    `Accept: application/x-ndjson` streams all."""
     if NDJSON in request.headers.get("accept", ""):
         job = await jobs.get(job_id, principal(request))
         lines: Iterator[bytes] = (json.dumps(r).encode() + b"\n"
@@ -152,9 +191,9 @@ async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
     Without a key, each text spends one token of the source address's quota."""
     event, binary = events.parse(dict(request.headers), await request.body())
     key = f"ce:{event.get_source()}:{event.get_id()}"
-    texts, model = events.job_of(event)
+    texts, ids, model = events.job_of(event)
     await _charge(request, len(texts))
-    job, _ = await jobs.submit(texts, key, source="cloudevent", model=model,
+    job, _ = await jobs.submit(texts, key, ids=ids, source="cloudevent", model=model,
                                owner=principal(request))
     message = events.reply(job, binary=binary)
     return Response(message.body, status_code=202, headers=message.headers)

@@ -19,6 +19,7 @@ from cloudevents.core.bindings.http import (
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
+from batch.items import ItemIds, split_items
 from batch.store import JobStore
 from common.errors import InvalidInput, UnsupportedMediaType, printable
 from common.schemas import media_type
@@ -123,18 +124,20 @@ def dead_letter_record(event: Any, max_bytes: int) -> dict[str, Any]:
     return record
 
 
-def job_of(event: Any) -> tuple[list[str], str | None]:
-    """The `texts` list (and the optional `model` name) in the event's data."""
+def job_of(event: Any) -> tuple[list[str], ItemIds | None, str | None]:
+    """The texts of the event data's `texts` list (each a string or {"id", "text"}), their
+    ids (None: none has one) and the optional `model` name."""
     data = event.get_data()
     if isinstance(data, bytes | str):
         raise InvalidInput("event data must be JSON: {\"texts\": [...]}")
-    texts = (data or {}).get("texts") if isinstance(data, dict) else None
-    if not isinstance(texts, list) or not all(isinstance(t, str) for t in texts):
+    found = (data or {}).get("texts") if isinstance(data, dict) else None
+    if not isinstance(found, list):
         raise InvalidInput("event data must be {\"texts\": [string, ...], \"model\"?: string}")
+    texts, ids = split_items(found)
     model = data.get("model") if isinstance(data, dict) else None
     if model is not None and not isinstance(model, str):
         raise InvalidInput("\"model\" in the event data must be a model name (string)")
-    return texts, model
+    return texts, ids, model
 
 
 def reply(job: dict[str, Any], *, binary: bool) -> HTTPMessage:

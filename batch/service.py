@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -13,8 +14,9 @@ import redis
 from batch.admission import MemoryGate, job_bytes
 from batch.celery_app import enqueue_chunk
 from batch.events import type_label
+from batch.items import ItemIds, ids_bytes
 from batch.store import JobStore
-from common.errors import InvalidInput, JobsUnavailable, NotFound, TooManyItems
+from common.errors import InvalidInput, JobsUnavailable, NotFound, SurgeError, TooManyItems
 from common.metrics import Metrics
 from common.settings import Settings
 from common.textnorm import check_text, is_text
@@ -26,6 +28,14 @@ class UnknownModelInput(InvalidInput):
     """A job named a model this deployment does not serve."""
 
     code = "unknown_model"
+
+
+class ListingNeedsKey(SurgeError):
+    """A keyless server lists no jobs unless SURGE_JOBS_LIST_ANONYMOUS: there, a job id is
+    the only thing that lets a caller read the job, and a list would hand out every id."""
+
+    status = 403
+    code = "listing_needs_key"
 
 
 class JobService:
@@ -81,24 +91,41 @@ class JobService:
                                     {"model": model, "available": names})
 
     async def submit(self, texts: list[str], idempotency_key: str | None = None, *,
-                     source: str = "http", model: str | None = None, owner: str | None = None,
+                     ids: ItemIds | None = None, source: str = "http",
+                     model: str | None = None, owner: str | None = None,
                      ) -> tuple[dict[str, Any], bool]:
         """Store the job and enqueue its chunks; an idempotent replay returns the first job.
-        `model` names one of the served models (None: the default)."""
+        `ids` are the items' ids (results carry them back); `model` names one of the served
+        models (None: the default)."""
         self.validate(texts)
         self.check_model(model)
-        await self._call(self._admit, texts)
+        await self._call(self._admit, texts, ids)
         job, created = await self._call(
             self.store.create, texts, chunk_size=self.settings.job_chunk_size,
             model=model or "", version="pending", idempotency_key=idempotency_key,
             owner=owner or "")
+        # Ids and the owner's index are written beside the job, each idempotently, so a
+        # replay after a crash between the steps completes them.
+        if ids is not None and (created or not await self._call(self.store.has_ids, job["id"])):
+            await self._call(self.store.write_ids, job["id"], ids)
+        if owner or self.settings.jobs_list_anonymous:
+            await self._call(self.store.index_owner, owner or "", job["id"], time.time())
         if created:
             await self._call(self._enqueue, job["id"], job["chunks"])
             self.metrics.jobs_submitted.labels(source).inc()
         return job, created
 
-    def _admit(self, texts: list[str]) -> None:
-        self.gate.admit(job_bytes(texts))
+    def _admit(self, texts: list[str], ids: ItemIds | None = None) -> None:
+        self.gate.admit(job_bytes(texts) + ids_bytes(ids))
+
+    async def owned(self, principal: str | None, offset: int, limit: int,
+                    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of the caller's jobs, newest first, and how many they have listed. A key
+        sees its own jobs; without keys, the anonymous jobs if SURGE_JOBS_LIST_ANONYMOUS."""
+        if principal is None and not self.settings.jobs_list_anonymous:
+            raise ListingNeedsKey("listing jobs needs an API key (on a server without keys "
+                                  "set SURGE_JOBS_LIST_ANONYMOUS=true to list anonymous jobs)")
+        return await self._call(self.store.owned, principal or "", offset, limit)
 
     async def dead_letter(self, record: dict[str, Any]) -> None:
         """Keep an event the Broker could not deliver (bounded: see the dead-letter

@@ -8,6 +8,11 @@ Layout, all under `surge:job:<id>` and expiring together after the retention tim
 Idempotency keys: `surge:idem:<hash>` -> job id, SET NX, same retention.
 Unfinished jobs: `surge:jobs:active`, a sorted set job id -> creation time, left when a job
 ends; the sweeper (batch/sweeper.py) walks it to find chunks the broker lost.
+Caller ids: `<id>:ids`, a hash index -> the item's id as JSON (items without one have no
+field), written beside the job (idempotent) and joined to results as they are read.
+Each owner's jobs: `surge:jobs:owner:<hash of the owner>`, a sorted set job id -> creation
+time (epoch s), newest OWNER_INDEX_KEEP only, entries older than the retention time dropped,
+the key itself expiring with the newest job; `GET /v1/jobs` reads it.
 Dead letters: `surge:deadletter`, a list of the newest events the Broker could not deliver
 (newest first, each bounded in size by batch/events.py), kept for an operator to inspect and
 replay; bounded in count, and entries older than the dead-letter TTL are dropped.
@@ -31,6 +36,9 @@ SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
 FINAL = {SUCCEEDED, FAILED, CANCELLED}
 DEAD_LETTERS = "surge:deadletter"
 ACTIVE = "surge:jobs:active"
+# The newest jobs an owner's index keeps (older ones still exist until they expire; they are
+# no longer listed). Bounds the index per owner; the retention time bounds it too.
+OWNER_INDEX_KEEP = 10_000
 
 # The last chunk to finish flips the job to succeeded, exactly once (its caller emits the event).
 _FINISH = """
@@ -76,6 +84,12 @@ def _key(job_id: str, part: str = "") -> str:
 def done_key(job_id: str) -> str:
     """The set of a job's finished chunk numbers."""
     return _key(job_id, "done")
+
+
+def owner_key(owner: str) -> str:
+    """The index of an owner's jobs (the owner hashed: a key name holds no client input)."""
+    return "surge:jobs:owner:" + hashlib.sha256(owner.encode("utf-8", "surrogatepass")
+                                                ).hexdigest()[:32]
 
 
 class JobStore:
@@ -141,6 +155,22 @@ class JobStore:
             meta[field] = int(meta[field])
         meta["done"] = int(done)
         return dict(meta)
+
+    def many(self, job_ids: list[str]) -> list[dict[str, Any] | None]:
+        """Like get, for many jobs in one round trip."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            for job_id in job_ids:
+                pipe.hgetall(_key(job_id))
+                pipe.hlen(_key(job_id, "results"))
+            replies = pipe.execute()
+        out: list[dict[str, Any] | None] = []
+        for k in range(len(job_ids)):
+            meta, done = replies[2 * k], replies[2 * k + 1]
+            if meta:
+                for field in ("total", "chunk_size", "chunks"):
+                    meta[field] = int(meta[field])
+            out.append(dict(meta) | {"done": int(done)} if meta else None)
+        return out
 
     def require(self, job_id: str) -> dict[str, Any]:
         """Like get, but NotFound (404) for an unknown job."""
@@ -220,12 +250,55 @@ class JobStore:
         return out
 
     def results(self, job_id: str, offset: int, limit: int) -> list[dict[str, Any]]:
-        """Results for indices offset..offset+limit-1 that exist, in index order."""
-        indices = list(range(offset, offset + limit))
-        if not indices:
+        """Results for indices offset..offset+limit-1 that exist, in index order, each with
+        its item's id (None when it has none)."""
+        fields = [str(i) for i in range(offset, offset + limit)]
+        if not fields:
             return []
-        raw = self.redis.hmget(_key(job_id, "results"), [str(i) for i in indices])
-        return [{"index": i} | json.loads(r) for i, r in zip(indices, raw, strict=True) if r]
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(_key(job_id, "results"), fields)
+            pipe.hmget(_key(job_id, "ids"), fields)
+            raw, ids = pipe.execute()
+        return [{"index": offset + k, "id": json.loads(i) if i else None} | json.loads(r)
+                for k, (r, i) in enumerate(zip(raw, ids, strict=True)) if r]
+
+    def write_ids(self, job_id: str, ids: list[Any]) -> None:
+        """Store the items' ids (None: no id); idempotent. They expire with the job."""
+        pairs = {str(k): json.dumps(i) for k, i in enumerate(ids) if i is not None}
+        items = list(pairs.items())
+        with self.redis.pipeline(transaction=True) as pipe:
+            for start in range(0, len(items), 10_000):
+                pipe.hset(_key(job_id, "ids"), mapping=dict(items[start : start + 10_000]))
+            pipe.expire(_key(job_id, "ids"), self.ttl_s)
+            pipe.execute()
+
+    def has_ids(self, job_id: str) -> bool:
+        """Whether the job's ids were written."""
+        return bool(self.redis.exists(_key(job_id, "ids")))
+
+    def index_owner(self, owner: str, job_id: str, created: float) -> None:
+        """List the job among its owner's (idempotent: a replay keeps its first time)."""
+        key = owner_key(owner)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zadd(key, {job_id: created}, nx=True)
+            pipe.zremrangebyscore(key, "-inf", f"({time.time() - self.ttl_s}")
+            pipe.zremrangebyrank(key, 0, -OWNER_INDEX_KEEP - 1)
+            pipe.expire(key, self.ttl_s)
+            pipe.execute()
+
+    def owned(self, owner: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
+        """A page of the owner's jobs, newest first, and how many the index holds."""
+        key = owner_key(owner)
+        with self.redis.pipeline(transaction=True) as pipe:
+            pipe.zremrangebyscore(key, "-inf", f"({time.time() - self.ttl_s}")
+            pipe.zrevrange(key, offset, offset + limit - 1)
+            pipe.zcard(key)
+            _, page, count = pipe.execute()
+        jobs = self.many([str(job_id) for job_id in page])
+        gone = [str(j) for j, job in zip(page, jobs, strict=True) if job is None]
+        if gone:  # expired early (or deleted): off the index
+            self.redis.zrem(key, *gone)
+        return [job for job in jobs if job is not None], int(count)
 
     def iter_results(self, job_id: str, total: int, page: int = 1000) -> Iterator[dict[str, Any]]:
         """Every stored result in index order (for streaming)."""

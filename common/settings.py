@@ -92,6 +92,9 @@ class Settings(BaseSettings):
     job_max_items: int = Field(100_000, ge=1)
     job_max_bytes: int = Field(32 * 1_048_576, ge=1024)
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60)
+    # GET /v1/jobs without keys: off, because on a keyless server a job's id is what lets a
+    # caller read it, and a list would give every caller every id.
+    jobs_list_anonymous: bool = False
     job_queue: str = "surgeserve.chunks"
     # Celery: a chunk must finish well inside the visibility timeout, or Redis hands its
     # unacknowledged message to another worker while the first is still on it.

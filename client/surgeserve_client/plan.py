@@ -119,11 +119,17 @@ class PendingPart:
         return sum(len(line) for line in self.lines)
 
 
+# Line breaks to str.splitlines() that JSON leaves raw: escaped, so a server that splits
+# NDJSON that way still reads one record per line.
+_BREAKS = str.maketrans({"\u0085": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
 def encode(item: Item) -> bytes | None:
     """The item's NDJSON line, or None when its text cannot be encoded."""
     value: Any = item.text if item.id is None else {"id": item.id, "text": item.text}
     try:
-        return (json.dumps(value, ensure_ascii=False) + "\n").encode("utf-8")
+        line = json.dumps(value, ensure_ascii=False).translate(_BREAKS)
+        return (line + "\n").encode("utf-8")
     except UnicodeEncodeError:
         return None
 
