@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -112,13 +113,30 @@ def resplit(planner: Planner, piece: PendingPart, exc: ApiError) -> list[Pending
     return pieces
 
 
-def bulk_limit(exc: ApiError) -> int | None:
-    """The bulk size a 422 too_many_items named (None: another refusal)."""
+def bulk_batches(texts: list[str], limits: Limits) -> list[list[str]]:
+    """`texts` cut into bulk requests of at most bulk_max_items texts and max_body_bytes of
+    body (the JSON estimated: a text's UTF-8 bytes, escapes and quotes)."""
+    budget = max(1, limits.max_body_bytes - 64)
+    batches: list[list[str]] = [[]]
+    size = 0
+    for text in texts:
+        cost = len(json.dumps(text)) + 1
+        if batches[-1] and (len(batches[-1]) >= limits.bulk_max_items or size + cost > budget):
+            batches.append([])
+            size = 0
+        batches[-1].append(text)
+        size += cost
+    return [b for b in batches if b]
+
+
+def smaller_bulk(limits: Limits, exc: ApiError, count: int) -> Limits | None:
+    """Bulk limits a refusal of `count` texts taught (422 too_many_items names the most;
+    413: half the body), or None when the refusal was for another reason (or the request
+    cannot be cut)."""
     detail = exc.detail if isinstance(exc.detail, dict) else {}
     told = detail.get("max_items")
-    return told if exc.code == "too_many_items" and isinstance(told, int) else None
-
-
-def with_bulk(limits: Limits, size: int) -> Limits:
-    """`limits` with another bulk size."""
-    return dataclasses.replace(limits, bulk_max_items=size)
+    if exc.code == "too_many_items" and isinstance(told, int) and 0 < told < count:
+        return dataclasses.replace(limits, bulk_max_items=told)
+    if exc.status == 413 and count > 1:
+        return dataclasses.replace(limits, bulk_max_items=max(1, count // 2))
+    return None

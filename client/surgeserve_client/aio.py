@@ -93,15 +93,13 @@ class AsyncClient:
     async def predict_many(self, texts: Iterable[str], model: str | None = None, *,
                            concurrency: int = 4) -> list[Prediction]:
         """Predictions for many texts, in order (requests of the server's bulk size)."""
-        texts = list(texts)
-        size = (await self.limits()).bulk_max_items
         gate = asyncio.Semaphore(concurrency)
 
         async def one(batch: list[str]) -> list[Prediction]:
             async with gate:
                 return await self._bulk(batch, model)
 
-        batches = [texts[k:k + size] for k in range(0, len(texts), size)]
+        batches = c.bulk_batches(list(texts), await self.limits())
         answers = await asyncio.gather(*(one(b) for b in batches))
         return [p for answer in answers for p in answer]
 
@@ -110,13 +108,13 @@ class AsyncClient:
             response = await self.request("POST", c.predict_path(model, bulk=True),
                                           json={"texts": batch})
         except ApiError as exc:
-            learned = c.bulk_limit(exc)
-            if learned is None or learned >= len(batch):
+            smaller = c.smaller_bulk(await self.limits(), exc, len(batch))
+            if smaller is None:
                 raise
-            self._limits = c.with_bulk(await self.limits(), learned)
+            self._limits = smaller
             out: list[Prediction] = []
-            for k in range(0, len(batch), learned):
-                out.extend(await self._bulk(batch[k:k + learned], model))
+            for part in c.bulk_batches(batch, smaller):
+                out.extend(await self._bulk(part, model))
             return out
         return c.bulk_predictions(response.json())
 

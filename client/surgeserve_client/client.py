@@ -98,24 +98,24 @@ class Client:
 
     def predict_many(self, texts: Iterable[str], model: str | None = None,
                      ) -> list[Prediction]:
-        """Predictions for many texts, in order, sent in requests of at most the server's
-        bulk limit."""
-        texts = list(texts)
+        """Predictions for many texts, in order, sent in requests within the server's bulk
+        limits (items and body bytes; smaller ones learned from a 413 or 422)."""
         out: list[Prediction] = []
-        while len(out) < len(texts):
-            size = self.limits().bulk_max_items
-            batch = texts[len(out): len(out) + size]
-            try:
-                body = self.request("POST", c.predict_path(model, bulk=True),
-                                    json={"texts": batch}).json()
-            except ApiError as exc:
-                learned = c.bulk_limit(exc)
-                if learned is None or learned >= size:
-                    raise
-                self._limits = c.with_bulk(self.limits(), learned)
-                continue
-            out.extend(c.bulk_predictions(body))
+        for batch in c.bulk_batches(list(texts), self.limits()):
+            out.extend(self._bulk(batch, model))
         return out
+
+    def _bulk(self, batch: list[str], model: str | None) -> list[Prediction]:
+        try:
+            response = self.request("POST", c.predict_path(model, bulk=True),
+                                    json={"texts": batch})
+        except ApiError as exc:
+            smaller = c.smaller_bulk(self.limits(), exc, len(batch))
+            if smaller is None:
+                raise
+            self._limits = smaller
+            return [p for part in c.bulk_batches(batch, smaller) for p in self._bulk(part, model)]
+        return c.bulk_predictions(response.json())
 
     def limits(self) -> Limits:
         """The server's limits (asked once; a stock server's defaults if it does not say)."""

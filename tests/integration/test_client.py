@@ -6,6 +6,7 @@ the client's retry (same Idempotency-Key) gets the one job made."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import io
 import json
@@ -24,6 +25,7 @@ import pytest
 import redis
 
 from common.auth import hash_key
+from surgeserve_client import AsyncClient, Client
 from tests.integration.test_jobs import jobs_redis, start_worker, worker
 
 __all__ = ["jobs_redis", "start_worker", "worker"]
@@ -228,3 +230,23 @@ def test_api_killed_mid_submit_then_restarted_makes_one_job(jobs_redis, tmp_path
     jobs = [k for k in store.scan_iter("surge:job:*") if k.count(b":") == 2]
     assert len(jobs) == 1
     assert out.split() == [jobs[0].decode().split(":")[2]]  # the client got that one job
+
+
+def test_predict_and_predict_many_within_the_bulk_limit(make_app, live_server) -> None:
+    texts = [f"{'a warm, funny film' if k % 2 else 'a dull, lifeless mess'} #{k}"
+             for k in range(230)]
+    app = make_app(bulk_max_items=100)  # no jobs Redis: no /v1/limits, learned from a 422
+    with live_server(app) as srv, Client(srv.url) as client:
+        one = client.predict("a warm, funny and moving film")
+        many = client.predict_many(texts)
+        assert client.limits().bulk_max_items == 100 and not client.limits().known
+
+    async def run() -> list[str]:
+        async with AsyncClient(srv.url) as aclient:
+            return [p.label for p in await aclient.predict_many(texts, concurrency=3)]
+
+    with live_server(make_app(bulk_max_items=100)) as srv:
+        labels = asyncio.run(run())
+    assert one.label == "POSITIVE" and one.model == "surge-sentiment-minilm"
+    assert [p.label for p in many] == ["POSITIVE" if k % 2 else "NEGATIVE" for k in range(230)]
+    assert labels == [p.label for p in many]
