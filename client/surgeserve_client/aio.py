@@ -146,7 +146,7 @@ class AsyncClient:
                 except ApiError as exc:
                     queue = c.resplit(planner, piece, exc) + queue
                     continue
-                planner.accepted(piece, job.id)
+                planner.accepted(piece, job.id, job.total)
                 if on_part is not None:
                     on_part(sub)
         if on_part is not None:

@@ -10,12 +10,14 @@ only the items sent, across all of a submission's jobs (job k holds sent indices
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import json
 import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from surgeserve_client.errors import ClientError
 from surgeserve_client.inputs import Item, check
 from surgeserve_client.types import ItemError, ItemId, JobResult, Limits, _scores
 
@@ -60,6 +62,10 @@ class Submission:
     skipped: list[Skipped] = field(default_factory=list)
     consumed: int = 0
     complete: bool = False
+    # The job limits its parts were cut by: a resume cuts the same parts (a part's
+    # Idempotency-Key must name the same body), whatever the server says by then.
+    max_items: int | None = None
+    max_bytes: int | None = None
 
     @property
     def job_ids(self) -> list[str]:
@@ -85,7 +91,8 @@ class Submission:
         return cls(key=data["key"], model=data.get("model"),
                    parts=[Part(**p) for p in data["parts"]],
                    skipped=[Skipped(**s) for s in data["skipped"]],
-                   consumed=int(data["consumed"]), complete=bool(data["complete"]))
+                   consumed=int(data["consumed"]), complete=bool(data["complete"]),
+                   max_items=data.get("max_items"), max_bytes=data.get("max_bytes"))
 
     @classmethod
     def of_jobs(cls, jobs: Iterable[tuple[str, int]]) -> Submission:
@@ -140,7 +147,15 @@ class Planner:
 
     def __init__(self, submission: Submission, limits: Limits):
         self.submission = submission
+        if submission.max_items is not None and submission.max_bytes is not None:
+            limits = dataclasses.replace(limits, job_max_items=submission.max_items,
+                                         job_max_bytes=submission.max_bytes)
         self.limits = limits
+        self._record()
+
+    def _record(self) -> None:
+        self.submission.max_items = self.limits.job_max_items
+        self.submission.max_bytes = self.limits.job_max_bytes
 
     def parts(self, items: Iterable[Item]) -> Iterator[PendingPart]:
         """The parts to submit, in order. Call `accepted` for each before taking the next;
@@ -180,8 +195,12 @@ class Planner:
         return PendingPart(number, self.submission.part_key(number), lines, indices, end,
                            skipped)
 
-    def accepted(self, part: PendingPart, job_id: str) -> None:
-        """The server made (or had made) the part's job."""
+    def accepted(self, part: PendingPart, job_id: str, total: int | None = None) -> None:
+        """The server made (or had made) the part's job, of `total` items (checked: a job
+        of another size under this key would map results to the wrong items)."""
+        if total is not None and total != len(part.lines):
+            raise ClientError(f"job {job_id} for Idempotency-Key {part.key} holds {total} "
+                              f"items, not the {len(part.lines)} sent; not using it")
         sub = self.submission
         sub.parts.append(Part(job_id, sub.sent, len(part.lines)))
         sub.skipped.extend(part.skipped)
@@ -192,6 +211,7 @@ class Planner:
         refusal). The first piece keeps the part's number and key: the refused request made
         no job, so the key is still free."""
         self.limits = limits
+        self._record()
         bounds = [0]  # where each piece starts in the part's lines
         size = 0
         for k, line in enumerate(part.lines):

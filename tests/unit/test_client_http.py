@@ -15,7 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
-from surgeserve_client import ApiError, AsyncClient, Client, RetryPolicy
+from surgeserve_client import ApiError, AsyncClient, Client, ClientError, RetryPolicy
 from surgeserve_client.outputs import State, state_path
 from surgeserve_client.retry import RetryPolicy as Policy
 
@@ -203,3 +203,11 @@ def test_the_async_client_shares_the_rules() -> None:
 
     rows = asyncio.run(run())
     assert [r.id for r in rows] == [f"id{i}" for i in range(20)] and len(api.jobs) == 3
+
+
+def test_a_job_of_another_size_under_the_key_is_refused() -> None:
+    api = FakeJobsApi()
+    with client(api) as c:
+        c.submit(texts(3), key="reused")
+        with pytest.raises(ClientError, match="holds 3 items, not the 2 sent"):
+            c.submit(texts(2), key="reused")  # an older server returns the first job

@@ -129,3 +129,16 @@ def test_an_interrupted_submit_resumes_with_the_same_keys_and_no_item_twice() ->
     uninterrupted = plan(source, limits, Submission(key="k"))
     assert resumed.to_json() == uninterrupted.to_json()
     assert made == ["k-0", "k-1"]
+
+
+def test_a_resume_cuts_the_same_parts_whatever_the_limits_are_by_then() -> None:
+    source = items(25)
+    sub = Submission(key="k")
+    planner = Planner(sub, Limits(job_max_items=6))
+    for part in planner.parts(source):
+        if part.number == 2:
+            break
+        planner.accepted(part, f"job{part.number}")
+    saved = Submission.from_json(json.loads(json.dumps(sub.to_json())))
+    resumed = plan(source, Limits(job_max_items=10), saved)  # the server's limits changed
+    assert [p.count for p in resumed.parts] == [6, 6, 6, 6, 1]
