@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from kombu.exceptions import OperationalError
 
 from batch.celery_app import enqueue_chunk
-from batch.store import JobStore
+from batch.store import JobStore, is_out_of_memory
 from common.errors import (
     EmptyText,
     InvalidInput,
@@ -23,6 +25,7 @@ from common.metrics import Metrics
 from common.settings import Settings
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class UnknownModelInput(InvalidInput):
@@ -57,8 +60,14 @@ class JobService:
         """Run a blocking store/broker call off the loop; Redis failures become 503."""
         try:
             return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, OSError, OperationalError) as exc:
             raise JobsUnavailable("the job store is unavailable; retry shortly",
+                                  retry_after=self.settings.retry_after_s) from exc
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # noeviction at maxmemory: nothing is stored until room is made (jobs end, expire)
+            raise JobsUnavailable("the job store is full; retry later",
                                   retry_after=self.settings.retry_after_s) from exc
 
     def validate(self, texts: list[str]) -> None:
@@ -87,16 +96,23 @@ class JobService:
     async def submit(self, texts: list[str], idempotency_key: str | None = None, *,
                      source: str = "http", model: str | None = None, owner: str | None = None,
                      ) -> tuple[dict[str, Any], bool]:
-        """Store the job and enqueue its chunks; an idempotent replay returns the first job.
+        """Store the job and enqueue its chunks; a replay (the same idempotency key, kind and
+        owner; any number at once) returns the one job, whose creator alone enqueued it.
         `model` names one of the served models (None: the default)."""
         self.validate(texts)
         self.check_model(model)
         job, created = await self._call(
             self.store.create, texts, chunk_size=self.settings.job_chunk_size,
             model=model or "", version="pending", idempotency_key=idempotency_key,
-            owner=owner or "")
+            owner=owner or "", kind=source)
         if created:
-            await self._call(self._enqueue, job["id"], job["chunks"])
+            try:
+                await self._call(self._enqueue, job["id"], job["chunks"])
+            except JobsUnavailable as exc:
+                # The job is stored, so it is accepted: the sweeper enqueues what is missing
+                # once the jobs Redis takes writes again (batch/sweeper.py).
+                log.warning("job stored, chunks not all enqueued: %s",
+                            type(exc.__cause__).__name__, extra={"job": job["id"]})
             self.metrics.jobs_submitted.labels(source).inc()
         return job, created
 

@@ -48,9 +48,18 @@ def guard(kind: Kind) -> Callable[[Request], Awaitable[None]]:
         principal = None
         if kind in security.keyed:
             principal = security.keys.principal(request.headers)
+        elif kind == "events" and security.keys.enabled and _sends_key(request):
+            # Open events still scope a keyed sender's idempotency (source, id) to its key,
+            # so an anonymous event cannot claim it first; a key that is sent must be real.
+            principal = security.keys.principal(request.headers)
         request.state.principal = principal
         if security.limiter.enabled:
             client = request.client.host if request.client else "unknown"
             await security.limiter.take(f"key:{principal}" if principal else f"ip:{client}")
 
     return check
+
+
+def _sends_key(request: Request) -> bool:
+    auth = request.headers.get("authorization", "")
+    return "x-api-key" in request.headers or auth[:7].lower() == "bearer "
