@@ -64,6 +64,7 @@ class Heartbeat:
         self._held: set[str] = set()
         self._lock = threading.Lock()
         self._dirty = True  # the value in Redis may not say what we hold
+        self._failing = False  # log a failure once per streak, not every second
 
     def hold(self, tag: str) -> None:
         """A message arrived: recorded before its chunk starts (the thread retries a failure)."""
@@ -86,7 +87,7 @@ class Heartbeat:
             if self._dirty or not self.redis.pexpire(heartbeat_key(self.id), self.ttl_ms):
                 self._publish()
         except redis.RedisError as exc:
-            log.warning("worker heartbeat failed: %s", type(exc).__name__)
+            self._failed(exc)
 
     def _publish(self) -> None:
         with self._lock:
@@ -99,7 +100,17 @@ class Heartbeat:
                 pipe.execute()
         except redis.RedisError as exc:
             self._dirty = True  # the thread tries again within a second
-            log.warning("worker heartbeat not written: %s", type(exc).__name__)
+            self._failed(exc)
+            return
+        if self._failing:
+            self._failing = False
+            log.info("worker heartbeat written again")
+
+    def _failed(self, exc: redis.RedisError) -> None:
+        if not self._failing:
+            self._failing = True
+            log.warning("worker heartbeat not written (retried every %.0f s): %s",
+                        self.refresh_s, type(exc).__name__)
 
     def start(self) -> threading.Event:
         """Beat every `refresh_s` in a daemon thread until the returned event is set."""

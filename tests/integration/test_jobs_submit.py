@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,9 +24,10 @@ from common.corpus import snippets
 from common.metrics import Metrics
 from common.settings import Settings
 from online.app import create_app
-from tests.integration.test_jobs import job_count, jobs_redis
+from tests.integration.event_sink import Sink
+from tests.integration.test_jobs import job_count, jobs_redis, start_worker, wait_done
 
-__all__ = ["jobs_redis"]  # fixtures used by name
+__all__ = ["jobs_redis", "start_worker"]  # fixtures used by name
 
 QUEUE = "surgeserve.chunks"
 ALICE = "sk_alice_0123456789"
@@ -99,7 +101,8 @@ def one_job_enqueued_once(url: str, job_id: str, texts: int) -> None:
     broker.close()
 
 
-def test_sixteen_concurrent_posts_with_one_key_make_one_job(jobs_only, jobs_redis) -> None:
+def test_sixteen_concurrent_posts_with_one_key_make_one_job(jobs_only, jobs_redis,
+                                                            start_worker) -> None:  # type: ignore[no-untyped-def]
     client = jobs_only()
     replies = at_once(16, lambda c: c.post("/v1/jobs", json={"texts": ["loved it", "dull"]},
                                            headers={"idempotency-key": "nightly-1"}),
@@ -110,6 +113,15 @@ def test_sixteen_concurrent_posts_with_one_key_make_one_job(jobs_only, jobs_redi
     job_id = ids.pop()
     assert {r.headers["location"] for r in replies} == {f"/v1/jobs/{job_id}"}
     one_job_enqueued_once(jobs_redis.url, job_id, 2)
+    sink = Sink()
+    try:  # and it ends once, with one end event
+        start_worker(K_SINK=sink.url)
+        assert wait_done(client, job_id)["status"] == "succeeded"
+        sink.wait(1, timeout=30)
+        time.sleep(6)  # a sweep later: nothing more
+        assert [e["id"] for e in sink.received] == [f"{job_id}-ended"]
+    finally:
+        sink.close()
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "structured"])
