@@ -180,7 +180,7 @@ def test_a_jobs_redis_full_mid_job_pauses_the_worker_and_the_job_finishes(
         time.sleep(3)
         stalled = client.get(f"/v1/jobs/{job_id}").json()["done"]
         refused = client.post("/v1/jobs", json={"texts": ["while full"]})
-        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.status_code == 503 and int(refused.headers["retry-after"]) >= 1
         time.sleep(7)
         assert worker.poll() is None, "the worker died on a full jobs Redis"
         assert client.get(f"/v1/jobs/{job_id}").json()["done"] == stalled < 1500

@@ -236,11 +236,13 @@ def test_a_full_jobs_redis_answers_503_and_cancel_frees_texts(jobs_only, jobs_re
     try:
         refused = client.post("/v1/jobs", json={"texts": ["one more"]})
         assert refused.status_code == 503, refused.text
-        assert refused.json()["error"]["code"] == "jobs_unavailable"
-        assert refused.headers["retry-after"] == "1"
+        # jobs_unavailable: the write was refused (an admission gate may answer jobs_full
+        # first, before the server is full); either way a 503 to retry, never a 500
+        assert refused.json()["error"]["code"] in ("jobs_unavailable", "jobs_full")
+        assert int(refused.headers["retry-after"]) >= 1
         message = ce_message(["an event"], "while-full")
         event = client.post("/events", content=message.body, headers=message.headers)
-        assert event.status_code == 503 and event.headers["retry-after"] == "1"
+        assert event.status_code == 503 and int(event.headers["retry-after"]) >= 1
         replay = client.post("/v1/jobs", json={"texts": snippets(3000)},
                              headers={"idempotency-key": "before"})
         assert replay.status_code == 200  # an existing job is still found
