@@ -71,7 +71,10 @@ def _job_from_body(content_type: str, body: bytes) -> tuple[list[str], str | Non
 
 def _ndjson_texts(body: bytes) -> list[str]:
     texts = []
-    for number, line in enumerate(body.decode("utf-8").splitlines(), start=1):
+    # Records end at \n (or \r\n) only: str.splitlines() would also split at U+2028, U+2029,
+    # U+0085, \f, \v and \x1c-\x1e, which may stand raw in a JSON string or a text.
+    for number, raw in enumerate(body.decode("utf-8").split("\n"), start=1):
+        line = raw.removesuffix("\r")
         if not line.strip():
             continue
         try:
@@ -151,7 +154,7 @@ async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
     `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job.
     Without a key, each text spends one token of the source address's quota."""
     event, binary = events.parse(dict(request.headers), await request.body())
-    key = f"ce:{event.get_source()}:{event.get_id()}"
+    key = f"{event.get_source()}\x00{event.get_id()}"  # scoped by kind and owner in the store
     texts, model = events.job_of(event)
     await _charge(request, len(texts))
     job, _ = await jobs.submit(texts, key, source="cloudevent", model=model,
