@@ -190,7 +190,7 @@ async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
     `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job.
     Without a key, each text spends one token of the source address's quota."""
     event, binary = events.parse(dict(request.headers), await request.body())
-    key = f"ce:{event.get_source()}:{event.get_id()}"
+    key = f"{event.get_source()}\x00{event.get_id()}"  # scoped by kind and owner in the store
     texts, ids, model = events.job_of(event)
     await _charge(request, len(texts))
     job, _ = await jobs.submit(texts, key, ids=ids, source="cloudevent", model=model,

@@ -6,7 +6,10 @@ Reliability settings, each for a reason:
   written, so a worker killed mid-chunk leaves it to be redelivered; results are idempotent.
 - prefetch 1: a worker holds one chunk at a time, so a dead worker strands at most one.
 - visibility_timeout (broker and result backend) above the longest chunk: otherwise Redis
-  redelivers a chunk that is still running; a dead worker's chunk comes back after it.
+  redelivers a chunk that is still running. A dead worker's chunk comes back much sooner: its
+  heartbeat expires and the sweeper puts its message back (batch/liveness.py).
+- a full jobs Redis never stops the worker: chunks wait for room (batch/runner.py), and an
+  acknowledgement it refuses restarts the consumer instead (broker_channel_error_retry).
 """
 
 from __future__ import annotations
@@ -22,6 +25,9 @@ from common.settings import Settings
 log = logging.getLogger(__name__)
 
 RUN_CHUNK = "surgeserve.run_chunk"
+# An unacked message no live worker lists is taken back only once older than this: a worker
+# lists a message milliseconds after kombu records it.
+RECLAIM_GRACE_S = 5.0
 _runner: Any = None  # one ChunkRunner per worker process: the model loads once, not per task
 
 
@@ -44,6 +50,11 @@ def create_celery(settings: Settings) -> Celery:
         task_soft_time_limit=settings.chunk_soft_time_limit_s,
         task_time_limit=settings.chunk_time_limit_s,
         broker_connection_retry_on_startup=True, worker_hijack_root_logger=False,
+        # A full jobs Redis refuses kombu's acknowledgement (a MULTI: every queued command is
+        # refused at maxmemory, deletions too) with a channel error; without this the worker
+        # logs "Unrecoverable error" and exits. With it the consumer reconnects and the
+        # message stays unacknowledged (the sweeper puts it back once no one holds it).
+        broker_channel_error_retry=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
     )
     app.task(name=RUN_CHUNK, bind=True, max_retries=settings.chunk_max_retries,
@@ -62,8 +73,6 @@ def run_chunk(task: Any, job_id: str, chunk: int) -> dict[str, Any]:
     """Thin task: ids in, one runner call. Transient Redis errors retry with backoff."""
     import redis
 
-    from batch.events import emit_job_ended
-
     settings = task.app.conf.surge_settings
     runner = _worker_runner(settings)
     try:
@@ -80,12 +89,25 @@ def run_chunk(task: Any, job_id: str, chunk: int) -> dict[str, Any]:
         reason = exc.message if isinstance(exc, SurgeError) else type(exc).__name__
         if runner.store.fail(job_id, f"chunk {chunk}: {reason}"):
             runner.job_ended(job_id)
-            emit_job_ended(settings, runner.store, job_id)
+            _announce(settings, runner.store, job_id)
         raise
     if outcome.finished_job:
-        emit_job_ended(settings, runner.store, job_id)
+        _announce(settings, runner.store, job_id)
     return {"job": job_id, "chunk": chunk, "computed": outcome.computed,
             "cached": outcome.cached, "skipped": outcome.skipped}
+
+
+def _announce(settings: Settings, store: Any, job_id: str) -> None:
+    """Send the job's end event now; any failure leaves it in the outbox for the sweeper."""
+    import redis
+
+    from batch.events import deliver_ended
+
+    try:
+        deliver_ended(settings, store, job_id)
+    except redis.RedisError as exc:
+        log.warning("end event left in the outbox: %s", type(exc).__name__,
+                    extra={"job": job_id})
 
 
 def _worker_runner(settings: Settings) -> Any:
@@ -125,6 +147,7 @@ def run_worker(settings: Settings | None = None) -> int:
         except OSError as exc:  # chunks matter more than their metrics: keep working
             log.error("worker metrics port %d unavailable: %s", settings.worker_metrics_port,
                       exc)
+    _start_heartbeat(settings)
     if settings.job_sweep_s:
         _start_sweeper(app, settings, runner)
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", settings.job_queue,
@@ -133,12 +156,47 @@ def run_worker(settings: Settings | None = None) -> int:
     return 0
 
 
+def _start_heartbeat(settings: Settings) -> None:
+    """This worker's heartbeat, listing the messages it holds from their arrival to their
+    chunk's end (batch/liveness.py): a dead worker's chunk runs again within seconds."""
+    import redis
+    from celery import signals
+
+    from batch.liveness import Heartbeat
+
+    client = redis.Redis.from_url(str(settings.redis_url), socket_timeout=2,
+                                  socket_connect_timeout=2, decode_responses=True)
+    heartbeat = Heartbeat(client, settings.worker_heartbeat_s)
+    tags: dict[str, str] = {}  # task id -> delivery tag, for the messages held now
+
+    def received(request: Any, **_: Any) -> None:
+        tag = str(request.message.delivery_tag)
+        tags[request.id] = tag
+        heartbeat.hold(tag)
+
+    def ended(task_id: str | None = None, request: Any = None, **_: Any) -> None:
+        tag = tags.pop(str(task_id or getattr(request, "id", "")), None)
+        if tag is not None:
+            heartbeat.release(tag)
+
+    signals.task_received.connect(received, weak=False)
+    signals.task_postrun.connect(ended, weak=False)
+    signals.task_revoked.connect(ended, weak=False)
+    heartbeat.start()
+    log.info("worker heartbeat", extra={"worker": heartbeat.id})
+
+
 def _start_sweeper(app: Celery, settings: Settings, runner: Any) -> None:
-    """Recover chunks the broker lost (batch/sweeper.py), on its own Redis connection."""
+    """Recover chunks the broker lost or a dead worker held, and send pending end events
+    (batch/sweeper.py), on its own Redis connection."""
+    from batch.events import drain_outbox
     from batch.store import JobStore
     from batch.sweeper import BrokerKeys, ChunkSweeper
 
     store = JobStore.from_url(str(settings.redis_url), ttl_s=settings.job_ttl_s)
     ChunkSweeper(store, lambda: BrokerKeys.from_celery(app, settings.job_queue), RUN_CHUNK,
                  lambda job_id, chunk: enqueue_chunk(app, settings, job_id, chunk),
-                 interval_s=settings.job_sweep_s, metrics=runner.metrics).start()
+                 interval_s=settings.job_sweep_s, metrics=runner.metrics,
+                 reclaim_grace_s=RECLAIM_GRACE_S,
+                 # younger events are being sent by the worker that ended the job
+                 drain=lambda: drain_outbox(settings, store, min_age_s=10)).start()

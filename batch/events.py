@@ -1,5 +1,6 @@
 """CloudEvents for jobs (cloudevents 2.x core API, used consistently): ingress parsing,
-reply events, and the completion event sent to K_SINK."""
+reply events, and the end events (completed, failed, cancelled) sent to K_SINK from the
+outbox the job store fills when a job ends (at least once, same id each time)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,8 @@ BULK_REQUESTED = "dev.surgeserve.bulk.requested"
 JOB_ACCEPTED = "dev.surgeserve.job.accepted"
 JOB_COMPLETED = "dev.surgeserve.job.completed"
 JOB_FAILED = "dev.surgeserve.job.failed"
+JOB_CANCELLED = "dev.surgeserve.job.cancelled"
+END_TYPES = {"succeeded": JOB_COMPLETED, "failed": JOB_FAILED, "cancelled": JOB_CANCELLED}
 _FORMAT = JSONFormat()
 
 
@@ -150,25 +153,49 @@ def reply(job: dict[str, Any], *, binary: bool) -> HTTPMessage:
     return to_binary(event, _FORMAT) if binary else to_structured(event, _FORMAT)
 
 
-def emit_job_ended(settings: Settings, store: JobStore, job_id: str, attempts: int = 4) -> bool:
-    """Send job.completed / job.failed to K_SINK with retries; never fails the job."""
+def end_event(job_id: str, status: str, job: dict[str, Any] | None) -> CloudEvent:
+    """The job's end event; its id is stable (`<job>-ended`), so a resend is a duplicate a
+    receiver can drop."""
+    data = ({k: job.get(k) for k in ("id", "status", "total", "done", "model", "version",
+                                     "finished_at")} if job else
+            {"id": job_id, "status": status})
+    return CloudEvent(attributes={"type": END_TYPES.get(status, JOB_COMPLETED), "source": SOURCE,
+                                  "id": f"{job_id}-ended", "subject": job_id,
+                                  "datacontenttype": "application/json"}, data=data)
+
+
+def deliver_ended(settings: Settings, store: JobStore, job_id: str) -> bool:
+    """Send one job's end event from the outbox to K_SINK (one try; the sweeper retries):
+    True when it left the outbox. Without K_SINK there is no one to tell: it just leaves."""
+    entry = store.outbox_entry(job_id)
+    if entry is None:
+        return True
     if not settings.k_sink:
+        store.event_delivered(job_id)
+        return True
+    message = to_structured(end_event(job_id, str(entry.get("type")), store.get(job_id)),
+                            _FORMAT)
+    try:
+        response = httpx.post(settings.k_sink, content=message.body, headers=message.headers,
+                              timeout=5)
+    except httpx.HTTPError as exc:
+        log.warning("K_SINK delivery failed: %s", type(exc).__name__, extra={"job": job_id})
         return False
-    job = store.get(job_id) or {"id": job_id, "status": "unknown"}
-    kind = JOB_FAILED if job["status"] == "failed" else JOB_COMPLETED
-    event = CloudEvent(attributes={"type": kind, "source": SOURCE, "id": f"{job_id}-ended",
-                                   "subject": job_id, "datacontenttype": "application/json"},
-                       data={k: job.get(k) for k in ("id", "status", "total", "done",
-                                                     "model", "version", "finished_at")})
-    message = to_structured(event, _FORMAT)
-    for attempt in range(attempts):
-        try:
-            response = httpx.post(settings.k_sink, content=message.body,
-                                  headers=message.headers, timeout=5)
-            if response.status_code < 300:
-                return True
-        except httpx.HTTPError as exc:
-            log.warning("K_SINK delivery failed: %s", type(exc).__name__)
-        time.sleep(min(8.0, 0.5 * 2**attempt))
-    log.error("gave up sending %s for job %s to K_SINK", kind, job_id)
-    return False
+    if response.status_code >= 300:
+        log.warning("K_SINK answered %d", response.status_code, extra={"job": job_id})
+        return False
+    store.event_delivered(job_id)  # only now: a kill before this sends it again (same id)
+    return True
+
+
+def drain_outbox(settings: Settings, store: JobStore, *, min_age_s: float = 0.0,
+                 now: float | None = None) -> int:
+    """Send the end events waiting in the outbox (those older than `min_age_s`: younger
+    ones are being sent by the worker that ended the job); returns how many left it."""
+    now = time.time() if now is None else now
+    sent = 0
+    for job_id, entry in store.outbox().items():
+        if float(entry.get("at", 0)) <= now - min_age_s and deliver_ended(settings, store,
+                                                                          job_id):
+            sent += 1
+    return sent

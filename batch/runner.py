@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any, TypeVar
 
-from batch.store import CANCELLED, FINAL, JobStore
+import redis
+
+from batch.store import FINAL, JobStore, is_out_of_memory
 from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache, RedisTier
 from common.metrics import WorkerMetrics
@@ -20,6 +25,7 @@ from common.schemas import ranked_body
 from common.settings import Settings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -75,16 +81,44 @@ class ChunkRunner:
             reason = "expired" if job is None else job["status"]
             log.info("chunk skipped", extra={"job": job_id, "chunk": chunk, "reason": reason})
             return ChunkOutcome(job_id, chunk, 0, 0, skipped=True)
+        if self.store.chunk_done(job_id, chunk):  # a redelivery of a chunk already written
+            finished = self.store.finish(job_id, job["chunks"])  # its writer may have died
+            return ChunkOutcome(job_id, chunk, 0, 0, skipped=True, finished_job=finished)
         bundle = self.models.get(job.get("model") or None)  # UnknownModel fails the job
-        self.store.mark_running(job_id, bundle.name, bundle.version)
+        self._stored(lambda: self.store.mark_running(job_id, bundle.name, bundle.version))
         texts = self.store.chunk_texts(job_id, chunk, job["chunk_size"])
+        if not texts:  # the job ended meanwhile (its texts are freed when it ends)
+            return ChunkOutcome(job_id, chunk, 0, 0, skipped=True)
         ranked, cached = asyncio.run(self._predict(bundle, texts))
         base = chunk * job["chunk_size"]
         results = {base + i: ranked_body(r) for i, r in enumerate(ranked)}
-        if self.store.status(job_id) == CANCELLED:  # cancelled while computing: keep nothing
+        written = self.write(job_id, chunk, results, job["chunks"])
+        if written is None:  # cancelled (or ended) while computing: nothing kept
             return ChunkOutcome(job_id, chunk, len(texts) - cached, cached, skipped=True)
-        finished = self.store.write_chunk(job_id, chunk, results, job["chunks"])
-        return ChunkOutcome(job_id, chunk, len(texts) - cached, cached, finished_job=finished)
+        return ChunkOutcome(job_id, chunk, len(texts) - cached, cached, finished_job=written)
+
+    def write(self, job_id: str, chunk: int, results: dict[int, dict[str, Any]],
+              chunks: int) -> bool | None:
+        """The chunk's write (batch/store.py), waiting out a full jobs Redis; then room is
+        waited for again, so that the broker's acknowledgement that follows is taken."""
+        written = self._stored(lambda: self.store.write_chunk(job_id, chunk, results, chunks))
+        self._stored(self.store.require_room)
+        return written
+
+    def _stored(self, call: Callable[[], T]) -> T:
+        """A job-store call that waits while the jobs Redis is full (maxmemory, noeviction),
+        backing off up to 5 s between tries: the chunk's message stays unacknowledged and
+        held by this live worker, so nothing else runs it meanwhile, and nothing is lost."""
+        delay = 0.5
+        while True:
+            try:
+                return call()
+            except redis.ResponseError as exc:
+                if not is_out_of_memory(exc):
+                    raise
+            log.warning("jobs Redis full (maxmemory): waiting %.1f s for room", delay)
+            time.sleep(delay)
+            delay = min(5.0, delay * 2)
 
     async def _predict(self, bundle: ModelBundle, texts: list[str],
                        ) -> tuple[list[Ranked], int]:

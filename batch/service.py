@@ -5,23 +5,33 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import logging
 import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
+from kombu.exceptions import OperationalError
 
 from batch.admission import MemoryGate, job_bytes
 from batch.celery_app import enqueue_chunk
 from batch.events import type_label
 from batch.items import ItemIds, ids_bytes
-from batch.store import JobStore
-from common.errors import InvalidInput, JobsUnavailable, NotFound, SurgeError, TooManyItems
+from batch.store import JobStore, is_out_of_memory
+from common.errors import (
+    InvalidInput,
+    JobsFull,
+    JobsUnavailable,
+    NotFound,
+    SurgeError,
+    TooManyItems,
+)
 from common.metrics import Metrics
 from common.settings import Settings
 from common.textnorm import check_text, is_text
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class UnknownModelInput(InvalidInput):
@@ -65,8 +75,14 @@ class JobService:
         """Run a blocking store/broker call off the loop; Redis failures become 503."""
         try:
             return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, OSError, OperationalError) as exc:
             raise JobsUnavailable("the job store is unavailable; retry shortly",
+                                  retry_after=self.settings.retry_after_s) from exc
+        except redis.ResponseError as exc:
+            if not is_out_of_memory(exc):
+                raise
+            # noeviction at maxmemory: nothing is stored until room is made (jobs end, expire)
+            raise JobsUnavailable("the job store is full; retry later",
                                   retry_after=self.settings.retry_after_s) from exc
 
     def validate(self, texts: list[str]) -> None:
@@ -94,26 +110,48 @@ class JobService:
                      ids: ItemIds | None = None, source: str = "http",
                      model: str | None = None, owner: str | None = None,
                      ) -> tuple[dict[str, Any], bool]:
-        """Store the job and enqueue its chunks; an idempotent replay returns the first job.
+        """Store the job and enqueue its chunks; a replay (the same idempotency key, kind and
+        owner; any number at once) returns the one job, whose creator alone enqueued it.
         `ids` are the items' ids (results carry them back); `model` names one of the served
         models (None: the default)."""
         self.validate(texts)
         self.check_model(model)
-        await self._call(self._admit, texts, ids)
+        try:
+            await self._call(self._admit, texts, ids)
+        except JobsFull:
+            # a replay stores nothing: it still gets its job when new ones are refused
+            if idempotency_key is None:
+                raise
+            replayed = await self._call(
+                self.store.replay, texts, model=model or "", idempotency_key=idempotency_key,
+                owner=owner or "", kind=source, ids=ids)
+            if replayed is None:
+                raise
+            return replayed, False
         job, created = await self._call(
             self.store.create, texts, chunk_size=self.settings.job_chunk_size,
             model=model or "", version="pending", idempotency_key=idempotency_key,
-            owner=owner or "")
-        # Ids and the owner's index are written beside the job, each idempotently, so a
-        # replay after a crash between the steps completes them.
+            owner=owner or "", kind=source, ids=ids)
+        await self._beside(job, created, ids, owner)
+        if created:
+            try:
+                await self._call(self._enqueue, job["id"], job["chunks"])
+            except JobsUnavailable as exc:
+                # The job is stored, so it is accepted: the sweeper enqueues what is missing
+                # once the jobs Redis takes writes again (batch/sweeper.py).
+                log.warning("job stored, chunks not all enqueued: %s",
+                            type(exc.__cause__).__name__, extra={"job": job["id"]})
+            self.metrics.jobs_submitted.labels(source).inc()
+        return job, created
+
+    async def _beside(self, job: dict[str, Any], created: bool, ids: ItemIds | None,
+                      owner: str | None) -> None:
+        """The ids and the owner's index, written beside the job, each idempotently, so a
+        replay after a crash between the steps completes them."""
         if ids is not None and (created or not await self._call(self.store.has_ids, job["id"])):
             await self._call(self.store.write_ids, job["id"], ids)
         if owner or self.settings.jobs_list_anonymous:
             await self._call(self.store.index_owner, owner or "", job["id"], time.time())
-        if created:
-            await self._call(self._enqueue, job["id"], job["chunks"])
-            self.metrics.jobs_submitted.labels(source).inc()
-        return job, created
 
     def _admit(self, texts: list[str], ids: ItemIds | None = None) -> None:
         self.gate.admit(job_bytes(texts) + ids_bytes(ids))

@@ -2,10 +2,12 @@
 
 Layout, all under `surge:job:<id>` and expiring together after the retention time:
   <id>          hash: status, total, chunk_size, chunks, timestamps, model, version, error
-  <id>:texts    list of the input texts (chunks read ranges of it)
+  <id>:texts    list of the input texts (chunks read ranges of it; deleted when the job ends)
   <id>:results  hash index -> result JSON; writes are idempotent (a re-run overwrites)
   <id>:done     set of finished chunk numbers: exact progress, never double-counted
-Idempotency keys: `surge:idem:<hash>` -> job id, SET NX, same retention.
+Idempotency keys: `surge:idem:<hash of kind, owner, key>` -> "<job id> <body fingerprint>",
+claimed in the same script that creates the job (concurrent duplicates make one job), same
+retention.
 Unfinished jobs: `surge:jobs:active`, a sorted set job id -> creation time, left when a job
 ends; the sweeper (batch/sweeper.py) walks it to find chunks the broker lost.
 Caller ids: `<id>:ids`, a hash index -> the item's id as JSON (items without one have no
@@ -13,6 +15,8 @@ field), written beside the job (idempotent) and joined to results as they are re
 Each owner's jobs: `surge:jobs:owner:<hash of the owner>`, a sorted set job id -> creation
 time (epoch s), newest OWNER_INDEX_KEEP only, entries older than the retention time dropped,
 the key itself expiring with the newest job; `GET /v1/jobs` reads it.
+Outbox: `surge:outbox`, a hash job id -> the job's end event (type, time), written by the
+script that ends the job and removed once K_SINK answered 2xx (batch/events.py drains it).
 Dead letters: `surge:deadletter`, a list of the newest events the Broker could not deliver
 (newest first, each bounded in size by batch/events.py), kept for an operator to inspect and
 replay; bounded in count, and entries older than the dead-letter TTL are dropped.
@@ -20,6 +24,7 @@ replay; bounded in count, and entries older than the dead-letter TTL are dropped
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import secrets
@@ -29,7 +34,8 @@ from typing import Any, cast
 
 import redis
 
-from common.errors import NotFound
+from batch import scripts
+from common.errors import InvalidInput, NotFound
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -39,17 +45,11 @@ ACTIVE = "surge:jobs:active"
 # The newest jobs an owner's index keeps (older ones still exist until they expire; they are
 # no longer listed). Bounds the index per owner; the retention time bounds it too.
 OWNER_INDEX_KEEP = 10_000
+OUTBOX = "surge:outbox"
+# Texts are written before their job exists (under a fresh id); the script that creates the
+# job gives them the job's retention. A creator that dies in between leaves them this long.
+PENDING_TEXTS_TTL_S = 600
 
-# The last chunk to finish flips the job to succeeded, exactly once (its caller emits the event).
-_FINISH = """
-if redis.call('SCARD', KEYS[2]) < tonumber(ARGV[1]) then return 0 end
-if redis.call('HSETNX', KEYS[1], 'finished_at', ARGV[2]) == 0 then return 0 end
-if redis.call('HGET', KEYS[1], 'status') ~= 'cancelled' then
-  redis.call('HSET', KEYS[1], 'status', 'succeeded')
-end
-redis.call('ZREM', KEYS[3], ARGV[3])
-return 1
-"""
 
 # KEYS[1] the dead-letter list; ARGV record, keep, ttl_s, now. Newest first: entries past
 # their TTL sit at the tail (a few are dropped per call, so the call stays short).
@@ -68,13 +68,11 @@ end
 return redis.call('LLEN', KEYS[1])
 """
 
-_START = """
-redis.call('HSET', KEYS[1], 'model', ARGV[2], 'version', ARGV[3])
-if redis.call('HGET', KEYS[1], 'status') == 'queued' then
-  redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
-end
-return 0
-"""
+
+class IdempotencyKeyReused(InvalidInput):
+    """The idempotency key was used before for a different body (texts or model)."""
+
+    code = "idempotency_key_reused"
 
 
 def _key(job_id: str, part: str = "") -> str:
@@ -92,14 +90,36 @@ def owner_key(owner: str) -> str:
                                                 ).hexdigest()[:32]
 
 
+def idem_key(kind: str, owner: str, key: str) -> str:
+    """The Redis key of a client's idempotency key: scoped by kind (HTTP header or CloudEvent
+    source+id) and owner (API key name), so no one claims another's key."""
+    return "surge:idem:" + hashlib.sha256(f"{kind}\x00{owner}\x00{key}".encode(
+        "utf-8", "surrogatepass")).hexdigest()
+
+
+def body_fingerprint(texts: list[str], model: str, ids: list[Any] | None = None) -> str:
+    """What a replay must repeat to get the first job back: the texts, in order, the model
+    and the items' ids (a body without ids keeps the fingerprint it always had)."""
+    digest = hashlib.sha256(model.encode("utf-8", "surrogatepass") + b"\x00")
+    for text in texts:
+        data = text.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    if ids is not None:
+        digest.update(b"\x00ids" + json.dumps(ids).encode())
+    return digest.hexdigest()[:32]
+
+
 class JobStore:
     """Synchronous store (used by the API through a thread and by Celery tasks directly)."""
 
     def __init__(self, client: redis.Redis, *, ttl_s: int):
         self.redis = client
         self.ttl_s = ttl_s
-        self._finish = client.register_script(_FINISH)
-        self._start = client.register_script(_START)
+        self._create = client.register_script(scripts.CREATE)
+        self._end = client.register_script(scripts.END)
+        self._write = client.register_script(scripts.WRITE_CHUNK)
+        self._start = client.register_script(scripts.START)
         self._dead_letter = client.register_script(_DEAD_LETTER)
 
     @classmethod
@@ -109,39 +129,69 @@ class JobStore:
                                         decode_responses=True), ttl_s=ttl_s)
 
     def create(self, texts: list[str], *, chunk_size: int, model: str, version: str,
-               idempotency_key: str | None = None, owner: str = "",
-               ) -> tuple[dict[str, Any], bool]:
-        """A new queued job, or the existing one for this idempotency key (created=False)."""
-        job_id = secrets.token_urlsafe(16)  # unguessable: the id is the capability to read
-        idem = None
+               idempotency_key: str | None = None, owner: str = "", kind: str = "http",
+               ids: list[Any] | None = None) -> tuple[dict[str, Any], bool]:
+        """A new queued job, or the existing one for this idempotency key (created=False);
+        IdempotencyKeyReused when the key named a different body. The items' `ids` count in
+        the body; they are stored by write_ids."""
+        idem = fingerprint = None
         if idempotency_key:
-            # per owner: another key's Idempotency-Key never returns this key's job
-            scoped = f"{owner}\x00{idempotency_key}" if owner else idempotency_key
-            idem = "surge:idem:" + hashlib.sha256(scoped.encode()).hexdigest()
-            if not self.redis.set(idem, job_id, nx=True, ex=self.ttl_s):
-                existing = self.redis.get(idem)
-                if existing and (job := self.get(str(existing))):
-                    return job, False
-                self.redis.set(idem, job_id, ex=self.ttl_s)  # stale key: its job expired
-        chunks = (len(texts) + chunk_size - 1) // chunk_size
-        meta: dict[Any, Any] = {
+            idem = idem_key(kind, owner, idempotency_key)
+            fingerprint = body_fingerprint(texts, model, ids)
+            # a redelivery: answered without writing the texts
+            if job := self.replay(texts, model=model, idempotency_key=idempotency_key,
+                                  owner=owner, kind=kind, ids=ids):
+                return job, False
+        job_id = secrets.token_urlsafe(16)  # unguessable: the id is the capability to read
+        self._write_texts(job_id, texts)
+        meta: dict[str, Any] = {
             "id": job_id, "status": QUEUED, "total": len(texts), "chunk_size": chunk_size,
-            "chunks": chunks, "created_at": _now(), "model": model, "version": version,
-            "owner": owner}
+            "chunks": (len(texts) + chunk_size - 1) // chunk_size, "created_at": _now(),
+            "model": model, "version": version, "owner": owner}
+        keys = [_key(job_id), _key(job_id, "texts"), ACTIVE, *([idem] if idem else [])]
+        fields = [str(v) for pair in meta.items() for v in pair]
         try:
-            with self.redis.pipeline(transaction=True) as pipe:
-                pipe.hset(_key(job_id), mapping=meta)
-                for start in range(0, len(texts), 10_000):
-                    pipe.rpush(_key(job_id, "texts"), *texts[start : start + 10_000])
-                for part in ("", "texts"):
-                    pipe.expire(_key(job_id, part), self.ttl_s)
-                pipe.zadd(ACTIVE, {job_id: time.time()})
-                pipe.execute()
+            winner, held_print = self._create(
+                keys=keys, args=[job_id, self.ttl_s, time.time(), fingerprint or "", *fields])
         except redis.RedisError:
-            if idem:
-                self.redis.delete(idem)
+            self._drop_texts(job_id)
             raise
+        if winner != job_id:  # a duplicate created it first: ours were never a job
+            self._drop_texts(job_id)
+            job = self._replay(f"{winner} {held_print}", fingerprint)
+            if job is None:  # that job expired this very moment: claim the key again
+                return self.create(texts, chunk_size=chunk_size, model=model, version=version,
+                                   idempotency_key=idempotency_key, owner=owner, kind=kind,
+                                   ids=ids)
+            return job, False
         return self.get(job_id) or meta, True
+
+    def replay(self, texts: list[str], *, model: str, idempotency_key: str, owner: str = "",
+               kind: str = "http", ids: list[Any] | None = None) -> dict[str, Any] | None:
+        """The job this idempotency key already made (None: none yet, or it expired);
+        IdempotencyKeyReused when it was made for a different body."""
+        held = self.redis.get(idem_key(kind, owner, idempotency_key))
+        return self._replay(str(held), body_fingerprint(texts, model, ids)) if held else None
+
+    def _write_texts(self, job_id: str, texts: list[str]) -> None:
+        with self.redis.pipeline(transaction=True) as pipe:  # all or none (a full Redis)
+            for start in range(0, len(texts), 10_000):
+                pipe.rpush(_key(job_id, "texts"), *texts[start : start + 10_000])
+            pipe.expire(_key(job_id, "texts"), PENDING_TEXTS_TTL_S)
+            pipe.execute()
+
+    def _drop_texts(self, job_id: str) -> None:
+        with contextlib.suppress(redis.RedisError):  # else they expire (PENDING_TEXTS_TTL_S)
+            self.redis.delete(_key(job_id, "texts"))
+
+    def _replay(self, held: str, fingerprint: str | None) -> dict[str, Any] | None:
+        """The job an idempotency key names (None: expired); a different body is refused."""
+        job_id, _, first = held.partition(" ")
+        if first and fingerprint and first != fingerprint:
+            raise IdempotencyKeyReused(
+                "this idempotency key was used for a different body (texts, ids or model); "
+                "use a new key for a new job", {"job_id": job_id})
+        return self.get(job_id)
 
     def get(self, job_id: str) -> dict[str, Any] | None:
         """Status with exact progress, or None when unknown or expired."""
@@ -195,36 +245,65 @@ class JobStore:
         value = self.redis.hget(_key(job_id), "status")
         return str(value) if value is not None else None
 
+    def require_room(self) -> None:
+        """OutOfMemoryError while the jobs Redis is over its maxmemory (writes refused)."""
+        memory = cast(dict[str, Any], self.redis.info("memory"))
+        limit = int(memory.get("maxmemory", 0))
+        if limit and int(memory["used_memory"]) > limit:
+            raise redis.OutOfMemoryError("used memory > 'maxmemory'")
+
+    def chunk_done(self, job_id: str, chunk: int) -> bool:
+        """Whether this chunk's results are written."""
+        return bool(self.redis.sismember(done_key(job_id), str(chunk)))
+
+    def _end_keys(self, job_id: str) -> list[str]:
+        return [_key(job_id), _key(job_id, "texts"), ACTIVE, OUTBOX, done_key(job_id)]
+
     def write_chunk(self, job_id: str, chunk: int, results: dict[int, dict[str, Any]],
-                    chunks: int) -> bool:
-        """Store one chunk's results (idempotent); True for the call that finished the job."""
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.hset(_key(job_id, "results"),
-                      mapping={str(i): json.dumps(r, separators=(",", ":"))
-                               for i, r in results.items()})
-            pipe.sadd(done_key(job_id), chunk)
-            for part in ("results", "done"):
-                pipe.expire(_key(job_id, part), self.ttl_s)
-            pipe.execute()
-        return bool(self._finish(keys=[_key(job_id), done_key(job_id), ACTIVE],
-                                 args=[chunks, _now(), job_id]))
+                    chunks: int) -> bool | None:
+        """Store one chunk's results (idempotent): True for the call that finished the job,
+        None when nothing was written because the job had ended (or expired)."""
+        pairs = [v for i, r in results.items()
+                 for v in (str(i), json.dumps(r, separators=(",", ":")))]
+        outcome = int(self._write(keys=[*self._end_keys(job_id), _key(job_id, "results")],
+                                  args=[job_id, chunk, chunks, self.ttl_s, _now(), time.time(),
+                                        *pairs]))
+        return None if outcome < 0 else bool(outcome)
+
+    def finish(self, job_id: str, chunks: int) -> bool:
+        """Succeed a job whose chunks are all done (a writer died before it could)."""
+        return self._end_job(job_id, SUCCEEDED, need=chunks)
 
     def fail(self, job_id: str, error: str) -> bool:
         """Mark failed (a chunk gave up after its retries); True if this call ended the job."""
-        if not self.redis.hsetnx(_key(job_id), "finished_at", _now()):
-            return False
-        self.redis.hset(_key(job_id), mapping={"status": FAILED, "error": error})
-        self.redis.zrem(ACTIVE, job_id)
-        return True
+        return self._end_job(job_id, FAILED, error)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        """Cancel a queued or running job; chunks not yet run are skipped."""
-        job = self.require(job_id)
-        if job["status"] not in FINAL and self.redis.hsetnx(_key(job_id), "finished_at",
-                                                           _now()):
-            self.redis.hset(_key(job_id), "status", CANCELLED)
-            self.redis.zrem(ACTIVE, job_id)
+        """Cancel a queued or running job: chunks not yet run are skipped, its texts freed."""
+        self.require(job_id)
+        self._end_job(job_id, CANCELLED)
         return self.require(job_id)
+
+    def _end_job(self, job_id: str, status: str, error: str = "",
+                 need: int | None = None) -> bool:
+        return bool(self._end(keys=self._end_keys(job_id),
+                              args=[job_id, status, _now(), time.time(), error,
+                                    "" if need is None else need]))
+
+    def outbox(self, limit: int = 100) -> dict[str, dict[str, Any]]:
+        """End events not yet delivered: job id -> {type, at} (at most about `limit`)."""
+        _, entries = self.redis.hscan(OUTBOX, 0, count=limit)
+        return {str(job): json.loads(raw)
+                for job, raw in cast(dict[str, str], entries).items()}
+
+    def outbox_entry(self, job_id: str) -> dict[str, Any] | None:
+        """This job's undelivered end event, if any."""
+        raw = self.redis.hget(OUTBOX, job_id)
+        return json.loads(raw) if raw else None
+
+    def event_delivered(self, job_id: str) -> None:
+        """K_SINK took the job's end event: out of the outbox."""
+        self.redis.hdel(OUTBOX, job_id)
 
     def active(self) -> dict[str, float]:
         """Unfinished jobs -> creation time (epoch seconds)."""
@@ -312,6 +391,13 @@ class JobStore:
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         """The newest undeliverable events."""
         return [json.loads(r) for r in self.redis.lrange(DEAD_LETTERS, 0, limit - 1)]
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether a Redis error is a write refused at maxmemory (noeviction), however it came
+    (a command, a MULTI's EXECABORT, a script)."""
+    return isinstance(exc, redis.OutOfMemoryError) or (
+        isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc))
 
 
 def _now() -> str:

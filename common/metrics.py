@@ -122,8 +122,14 @@ class WorkerMetrics(CacheMetrics):
         self.chunks = Counter(
             "surge_job_chunks_total",
             "Chunks handled by outcome (done, skipped, failed, retried; recovered: lost by the "
-            "broker and enqueued again by the sweeper).",
+            "broker and enqueued again by the sweeper; reclaimed: held by a dead worker, put "
+            "back on the queue by the sweeper).",
             ["outcome"], registry=r)
+        self.broker_parse_errors = Counter(
+            "surge_job_broker_parse_errors_total",
+            "Broker data the sweeper could not read (message: a queued or unacked message; "
+            "layout: kombu's key names), e.g. after a kombu upgrade changed its Redis layout.",
+            ["what"], registry=r)
         self.items = Counter(
             "surge_job_items_total", "Job items answered, by source (computed, cached).",
             ["source"], registry=r)

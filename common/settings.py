@@ -102,10 +102,15 @@ class Settings(BaseSettings):
     chunk_time_limit_s: int = Field(360, ge=1)
     visibility_timeout_s: int = Field(3600, ge=2)
     chunk_max_retries: int = Field(5, ge=0)
-    # Workers look this often for chunks the broker lost (a worker killed between taking a
-    # message and recording it) and enqueue them again; jobs younger than this are left
-    # alone. 0 turns it off.
-    job_sweep_s: float = Field(30.0, ge=0)
+    # Workers look this often (one at a time) for chunks the broker lost (a worker killed
+    # between taking a message and recording it) and enqueue them again (jobs younger than
+    # this are left alone), put back the messages dead workers held, and send pending end
+    # events. 0 turns it off.
+    job_sweep_s: float = Field(5.0, ge=0)
+    # A worker's heartbeat lives this long unless refreshed (every second): a worker silent
+    # this long is dead, and the chunk it held runs again (measured: within ~20 s of a
+    # SIGKILL). A live worker's chunk is never taken from it, however long it runs.
+    worker_heartbeat_s: float = Field(10.0, ge=2)
     # The worker's Prometheus endpoint (chunk, item and job metrics); 0 turns it off.
     worker_metrics_port: int = Field(9091, ge=0, le=65535)
 

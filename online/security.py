@@ -64,6 +64,11 @@ def guard(kind: Kind) -> Callable[[Request], Awaitable[None]]:
         if kind in security.keyed:
             fallback = request.query_params.get(EVENTS_KEY_PARAM) if kind == "events" else None
             principal = security.keys.principal(request.headers, fallback)
+        elif kind == "events" and security.keys.enabled and _sends_key(request):
+            # Open events still scope a keyed sender's idempotency (source, id) to its key,
+            # so an anonymous event cannot claim it first; a key that is sent must be real.
+            principal = security.keys.principal(
+                request.headers, request.query_params.get(EVENTS_KEY_PARAM))
         request.state.principal = principal
         client = request.client.host if request.client else "unknown"
         who = f"key:{principal}" if principal else f"ip:{client}"
@@ -91,3 +96,10 @@ async def charge(request: Request, texts: int) -> None:
     spend: Callable[[int], Awaitable[None]] | None = getattr(request.state, "charge", None)
     if spend is not None:
         await spend(max(1, texts))
+
+
+def _sends_key(request: Request) -> bool:
+    auth = request.headers.get("authorization", "")
+    # an empty header is no key (as KeyRing.principal reads it)
+    return bool((request.headers.get("x-api-key") or "").strip()
+                or auth[:7].lower() == "bearer " or request.query_params.get(EVENTS_KEY_PARAM))

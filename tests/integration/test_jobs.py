@@ -22,6 +22,7 @@ from common.corpus import snippets
 from common.redis_server import RedisServer
 
 CHUNK = 100
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
@@ -37,13 +38,18 @@ def start_worker(jobs_redis, cache_redis, default_model_dir: Path, tmp_path: Pat
     processes: list[subprocess.Popen[bytes]] = []
     log = (tmp_path / "worker.log").open("ab")
 
-    def start(**env: str) -> subprocess.Popen[bytes]:
+    def start(fault: str | None = None, **env: str) -> subprocess.Popen[bytes]:
+        """A worker; with `fault`, tests/integration/fault_worker.py injecting it ("" for
+        none, but chunk runs counted)."""
         full = os.environ | {"SURGE_REDIS_URL": jobs_redis.url,
                              "SURGE_CACHE_URL": cache_redis.url,
                              "SURGE_MODEL_DIR": str(default_model_dir),
                              "SURGE_WORKER_METRICS_PORT": "0",
                              "SURGE_LOG_JSON": "false"} | env
-        process = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"], env=full,
+        command = ["-m", "online.cli", "worker"]
+        if fault is not None:
+            command, full = ["-m", "tests.integration.fault_worker"], full | {"FAULT": fault}
+        process = subprocess.Popen([sys.executable, *command], env=full, cwd=ROOT,
                                    stdout=log, stderr=subprocess.STDOUT)
         processes.append(process)
         return process
