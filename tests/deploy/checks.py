@@ -27,6 +27,7 @@ def _cloudcoil_models() -> dict[tuple[str, str], type[pydantic.BaseModel]]:
     from cloudcoil.models.knative_eventing.eventing import v1 as eventing
     from cloudcoil.models.knative_eventing.sources import v1 as sources
     from cloudcoil.models.knative_serving.serving import v1 as serving
+    from cloudcoil.models.prometheus_operator import v1 as monitoring
 
     return {
         ("serving.knative.dev/v1", "Service"): serving.Service,
@@ -35,6 +36,9 @@ def _cloudcoil_models() -> dict[tuple[str, str], type[pydantic.BaseModel]]:
         ("sources.knative.dev/v1", "SinkBinding"): sources.SinkBinding,
         ("keda.sh/v1alpha1", "ScaledObject"): keda.ScaledObject,
         ("keda.sh/v1alpha1", "TriggerAuthentication"): keda.TriggerAuthentication,
+        ("monitoring.coreos.com/v1", "PodMonitor"): monitoring.PodMonitor,
+        ("monitoring.coreos.com/v1", "ServiceMonitor"): monitoring.ServiceMonitor,
+        ("monitoring.coreos.com/v1", "PrometheusRule"): monitoring.PrometheusRule,
     }
 
 
@@ -121,9 +125,9 @@ AUTOSCALING_KEYS = {"class", "metric", "target", "target-utilization-percentage"
 
 
 def validate(doc: dict[str, Any]) -> list[str]:
-    """Problems with one resource: Knative/KEDA kinds against the cloudcoil models plus the
-    unknown-field walk (and autoscaling annotation keys); core kinds with
-    kubernetes-validate --strict."""
+    """Problems with one resource: Knative/KEDA/Prometheus Operator kinds against the
+    cloudcoil models plus the unknown-field walk (and autoscaling annotation keys); core kinds
+    with kubernetes-validate --strict."""
     name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
     model = _cloudcoil_models().get((doc.get("apiVersion", ""), doc.get("kind", "")))
     if model is not None:
