@@ -25,14 +25,18 @@ $(STAMP): pyproject.toml Makefile
 	$(MAKE) --no-print-directory promtool browser redis-tls
 	touch $@
 
-# promtool (Prometheus rule checks and rule unit tests) from Debian's prometheus package,
-# unpacked into .venv: no root, no system change. Elsewhere those tests skip, saying why.
+# promtool (Prometheus rule checks and rule unit tests) and the Prometheus server (`surgeserve
+# up` runs it with the project's rules) from Debian's prometheus package, unpacked into .venv:
+# no root, no system change. Elsewhere those tests skip, saying why.
 promtool:
-	@if [ -x $(BIN)/promtool ]; then exit 0; fi; \
-	if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $(BIN)/promtool; exit 0; fi; \
+	@if [ -x $(BIN)/promtool ] && [ -x $(BIN)/prometheus ]; then exit 0; fi; \
+	if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \
+	  ln -sf "$$(command -v promtool)" $(BIN)/promtool; \
+	  ln -sf "$$(command -v prometheus)" $(BIN)/prometheus; exit 0; fi; \
 	rm -rf $(VENV)/prometheus && mkdir -p $(VENV)/prometheus && cd $(VENV)/prometheus && \
 	if apt-get download prometheus >/dev/null 2>&1 && dpkg-deb -x prometheus_*.deb root; then \
 	  ln -sf "$$PWD/root/usr/bin/promtool" ../bin/promtool && rm -f prometheus_*.deb && \
+	  ln -sf "$$PWD/root/usr/bin/prometheus" ../bin/prometheus && \
 	  echo "promtool: $$(../bin/promtool --version 2>&1 | head -1)"; \
 	else echo "promtool: not installed (no apt-get here); the promtool checks will skip"; fi
 
