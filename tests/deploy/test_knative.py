@@ -4,6 +4,10 @@ agree with the code (routes, settings, port, event type, queue name, time limits
 from __future__ import annotations
 
 import copy
+import re
+import shutil
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -300,3 +304,17 @@ def test_a_broken_image_volume_is_caught(built) -> None:
     init = copy.deepcopy(find(built["own-model"], "Service", "predictor"))
     init["spec"]["template"]["spec"]["initContainers"][0]["volumeMount"] = []
     assert any("initContainers.0" in p and "volumeMount" in p for p in checks.validate(init))
+
+
+def test_the_dev_tag_and_the_version_tag_are_what_make_image_builds(built) -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make not installed")
+    done = subprocess.run([make, "-n", "image"], cwd=checks.ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    tags = set(re.findall(r"-t (\S+)", done.stdout))
+    version = tomllib.loads((checks.ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert tags == {f"{IMAGE}:dev", f"{IMAGE}:{version}"}
+    assert {c["image"] for c in surge_containers(built["dev"])} == {f"{IMAGE}:dev"}
+    assert {c["image"] for c in surge_containers(built["base"])} == {f"{IMAGE}:{version}"}
