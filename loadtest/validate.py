@@ -4,12 +4,12 @@ curve; the relative error of throughput and p99."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from loadtest.curve import Curve
+from loadtest.k6summary import read_curve
 from loadtest.kpa import KpaConfig, simulate, trace
 from loadtest.run import RunConfig, TextSource, constant, run
 from loadtest.stats import summary
@@ -22,8 +22,8 @@ def validate(url: str, texts: TextSource, curve_path: Path | None,
              loads: Sequence[float] = (0.3, 0.6, 0.9), seconds: float = 20,
              ) -> dict[str, Any]:
     """Measured vs simulated at each load (a fraction of the curve's capacity)."""
-    data = (json.loads(curve_path.read_text()) if curve_path
-            else sweep(url, texts, LEVELS, seconds=8, warmup=2))
+    data = read_curve(curve_path) if curve_path else sweep(url, texts, LEVELS, seconds=8,
+                                                            warmup=2)
     curve = Curve(data["curve"])
     one_pod = KpaConfig(container_concurrency=0, min_scale=1, max_scale=1, initial_scale=1)
     rows = []
