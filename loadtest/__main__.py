@@ -98,7 +98,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             initial_scale=args.initial_scale, scale_down_delay_s=args.delay,
             retention_s=args.retention)
     load = _trace(args)
-    result = kpa.simulate(config, curve, load, cold)
+    result = kpa.simulate(config, curve, load, cold, workers=args.workers)
     path = Path(args.out) / f"{args.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"summary": result.summary, "series": result.series}) + "\n")
@@ -111,7 +111,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
 def cmd_tune(args: argparse.Namespace) -> int:
     curve, cold = _curve(args)
-    outcome = tune(curve, _trace(args), cold, args.slo_ms)
+    outcome = tune(curve, _trace(args), cold, args.slo_ms, workers=args.workers)
     path = Path(args.out) / f"{args.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(outcome, indent=2) + "\n")
@@ -127,7 +127,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
     with _target(args) as (url, _):
         out = validate(url, _texts(args), Path(args.curve) if args.curve else None,
-                       [float(x) for x in args.loads.split(",")], args.seconds)
+                       [float(x) for x in args.loads.split(",")], args.seconds, args.workers)
     path = Path(args.out) / f"{args.name}.json"
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(path)
@@ -135,7 +135,15 @@ def cmd_validate(args: argparse.Namespace) -> int:
         print(f"  {row['offered_rps']:7.1f} req/s offered: measured {row['measured']['rps']:7.1f}"
               f" req/s p99 {row['measured']['p99_ms']:7.1f} ms | simulated "
               f"{row['simulated']['throughput_rps']:7.1f} req/s p99 "
-              f"{row['simulated']['p99_ms']:7.1f} ms | errors {row['error']}")
+              f"{row['simulated']['p99_ms']:7.1f} ms | errors {row['error']}"
+              f"{'' if row['trusted'] else ' | UNTRUSTED (see below)'}")
+    if not all(row["trusted"] for row in out["loads"]):
+        print("  UNTRUSTED rows: the server fell short of the offered load, or its capacity "
+              "changed during the run: the curve does not describe it")
+    if abs(out["capacity_drift"]) > 0.1:
+        print(f"  capacity drifted {out['capacity_drift']:+.0%} during the run "
+              f"({out['capacity_rps']:.1f} -> {out['capacity_after_rps']:.1f} req/s): the "
+              "machine's speed changed (other work?); rerun on a quiet machine")
     return 0
 
 
@@ -160,6 +168,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="Zipf exponent of text popularity (higher: more repeats)")
             p.add_argument("--hit-rate", type=float, default=None,
                            help="instead of Zipf: repeat a sent text with this probability")
+
+    def pod(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--workers", type=int, default=2,
+                       help="model threads per pod (SURGE_WORKERS; default one per CPU: the "
+                            "predictor's 2)")
 
     def model(p: argparse.ArgumentParser) -> None:
         p.add_argument("--curve", required=True,
@@ -207,6 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("simulate", help="Knative KPA simulation for a trace")
     common(p, "simulate", target=False)
     model(p)
+    pod(p)
     p.add_argument("--from-manifest", action="store_true",
                    help="the settings in knative/base/predictor.yaml")
     p.add_argument("--cc", type=int, default=32,
@@ -226,11 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tune", help="cheapest Knative settings meeting an SLO; a patch")
     common(p, "tune", target=False)
     model(p)
+    pod(p)
     p.add_argument("--slo-ms", type=float, default=250, help="p99 objective, milliseconds")
     p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("validate", help="simulated vs measured, one instance, open loop")
     common(p, "validate")
+    pod(p)
     p.add_argument("--curve", help="a sweep's JSON or a k6 sweep summary (default: sweep "
                                     "first)")
     p.add_argument("--loads", default="0.3,0.6,0.9", help="fractions of capacity")

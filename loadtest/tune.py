@@ -73,15 +73,16 @@ def current_config(path: Path = PREDICTOR) -> KpaConfig:
 
 
 def tune(curve: Curve, load: Trace, cold_start_s: float, slo_p99_ms: float,
-         grid: Sequence[KpaConfig] | None = None, dt: float = 0.25) -> dict[str, Any]:
+         grid: Sequence[KpaConfig] | None = None, dt: float = 0.25,
+         workers: int = 2) -> dict[str, Any]:
     """Every candidate simulated; the cheapest that meets the SLO, the runner-up, and the
     current manifest's outcome for comparison."""
-    results = [Choice(c, simulate(c, curve, load, cold_start_s, dt=dt))
+    results = [Choice(c, simulate(c, curve, load, cold_start_s, dt=dt, workers=workers))
                for c in (grid if grid is not None else candidates(curve))]
     good = sorted((r for r in results if _meets(r, slo_p99_ms)),
                   key=lambda r: (r.cost, r.result.summary["cold_start_waiters"]))
     current = current_config()
-    now = Choice(current, simulate(current, curve, load, cold_start_s, dt=dt))
+    now = Choice(current, simulate(current, curve, load, cold_start_s, dt=dt, workers=workers))
     best = good[0] if good else None
     if best is not None:  # a ceiling with headroom over the busiest moment simulated
         ceiling = max(2, math.ceil(best.result.summary["max_pods"] * 1.5))
