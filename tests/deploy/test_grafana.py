@@ -150,6 +150,9 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
 # --- kube-prometheus-stack (grafana/kube-prometheus-stack) ---------------------------------
 
 OPERATOR = checks.GRAFANA / "kube-prometheus-stack"
+# Knative names the user container's port in every revision's pod this way, whatever the
+# Service calls it (knative.dev/serving pkg/apis/serving/v1: UserPortName).
+KNATIVE_USER_PORT = "user-port"
 
 
 def operator_docs() -> list[dict[str, Any]]:
@@ -215,11 +218,14 @@ def test_pod_monitors_select_the_pods_and_their_ports() -> None:
                        for e in selector.get("matchExpressions", [])):
                 continue
             ports = {p.get("name") for c in checks.containers(doc) for p in c.get("ports", [])}
+            if doc["kind"] == "Service":  # a revision's pod: Knative renames the port
+                ports = {KNATIVE_USER_PORT}
             found[doc["metadata"]["name"]] = {
                 e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} & ports
         return found
 
-    assert scraped(monitors["surgeserve-api"]) == {"predictor": {"http1"}, "jobs": {"http1"}}
+    assert scraped(monitors["surgeserve-api"]) == {"predictor": {KNATIVE_USER_PORT},
+                                                   "jobs": {KNATIVE_USER_PORT}}
     assert scraped(monitors["surgeserve-worker"]) == {"worker": {"metrics"}}
     for name in ("surgeserve-api", "surgeserve-worker"):  # the label the dashboards select on
         targets = {r["targetLabel"] for e in monitors[name]["spec"]["podMetricsEndpoints"]

@@ -83,3 +83,5 @@ def test_job_builds_and_targets_the_predictor() -> None:
     assert env["BASE_URL"] == f"http://predictor.{namespace}.svc.cluster.local"
     assert job["metadata"]["namespace"] == namespace
     assert env["SHAPE"] in ("ramp", "steady", "spike", "ramp-down")
+    pinned = re.search(r'"k6==([\d.]+)"', (checks.ROOT / "pyproject.toml").read_text())
+    assert pinned and checks.containers(job)[0]["image"] == f"grafana/k6:{pinned.group(1)}"
