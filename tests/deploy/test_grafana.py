@@ -156,7 +156,7 @@ KNATIVE_USER_PORT = "user-port"
 
 
 def operator_docs() -> list[dict[str, Any]]:
-    return checks.kustomize(OPERATOR)
+    return checks.kustomize(checks.GRAFANA)
 
 
 def test_committed_operator_files_are_the_generated_ones() -> None:
