@@ -47,12 +47,21 @@ class PodModel:
 
     def service_s(self, batch: int, busy: int, rng: random.Random) -> float:
         """One forward pass of a batch on one thread while `busy` threads (itself included)
-        run: log-normal through the curve's p50 and p99 at busy x batch in flight (in the
-        closed-loop sweep at c in flight, each busy thread ran batches of about c / busy)."""
+        run: at c = busy x batch in flight (in the closed-loop sweep each of `busy` threads
+        ran batches of about c / busy), log-normal with the spread of the curve's p50 and p99
+        and the mean of Little's law, c / req/s: the curve's throughput, exactly, when
+        saturated (a median-based pass overstated it by the latency skew)."""
         c = busy * batch
+        return self.mean_s(c) * math.exp(rng.gauss(0.0, self.spread(c)) - self.spread(c) ** 2 / 2)
+
+    def mean_s(self, c: float) -> float:
+        """Mean latency at c in flight in the closed-loop sweep (Little's law)."""
+        return c / self.curve.throughput(c) if c > 0 else 0.0
+
+    def spread(self, c: float) -> float:
+        """Log-normal sigma through the curve's p50 and p99 at c in flight."""
         median = self.curve.p50_s(c)
-        spread = max(0.0, math.log(max(self.curve.p99_s(c), median) / median) / Z99)
-        return median * math.exp(rng.gauss(0.0, spread))
+        return max(0.0, math.log(max(self.curve.p99_s(c), median) / median) / Z99)
 
     def _capacity(self) -> float:
         """Requests/s with every thread running full batches, back to back."""
@@ -60,7 +69,7 @@ class PodModel:
         if self.limit != math.inf:  # containerConcurrency shared by the threads
             threads = max(1, min(self.workers, int(self.limit)))
             batch = min(batch, self.limit / threads)
-        return threads * batch / self.curve.p50_s(self.workers * batch)
+        return threads * batch / self.mean_s(self.workers * batch)
 
     def _run(self, rate: float, requests: int, rng: random.Random) -> list[float]:
         arrivals: list[float] = []
