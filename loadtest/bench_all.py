@@ -126,8 +126,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     for load in checked["loads"]:
         out.append((f"simulator error at {load['fraction']:.0%} of capacity",
                     f"{load['error']['throughput']:+.1%} req/s, {load['error']['p99']:+.1%} p99",
-                    "", f"measured p99 {load['measured']['p99_ms']} ms vs simulated "
-                        f"{load['simulated']['p99_ms']} ms",
+                    "+-25% p99", f"measured p99 {load['measured']['p99_ms']} ms vs simulated "
+                                 f"{load['simulated']['p99_ms']} ms"
+                                 f"{'' if load['trusted'] else ' (untrusted: machine noise)'}",
                     f"{lt} validate --start-server --server-env SURGE_CACHE=off"))
     hard = "python -m loadtest.bench_hardening"
     over, soak = r["hardening"]["overload"], r["hardening"]["soak"]
@@ -148,8 +149,9 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     for name, outcome in r["tuning"].items():
         best = outcome["best"]
         value = "none meets the SLO" if best is None else (
+            f"target {best['config']['target']:g} x {best['config']['utilization']:.0%}, "
             f"cc {best['config']['container_concurrency']}, "
-            f"{best['config']['utilization']:.0%}, min-scale {best['config']['min_scale']}, "
+            f"min-scale {best['config']['min_scale']}, "
             f"delay {best['config']['scale_down_delay_s']:g} s")
         manifest = outcome["current"]["summary"]
         detail = "" if best is None else (

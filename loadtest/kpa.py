@@ -13,16 +13,17 @@ never drops. The result is the maximum over the scale-down delay, clamped to [mi
 the last pod goes only after the scale-to-zero grace period and the retention period.
 
 Requests are a fluid in a FIFO queue (the activator / queue-proxy). Service times (tens to
-hundreds of ms) are short next to the autoscaler's seconds, so pods are taken to be at the
-curve's steady state: serving r req/s per pod means running at the concurrency c where the
-curve gives r (Little's law), up to containerConcurrency. Ready pods drain the queue at up to
-their capacity; whatever exceeds it waits. A request's predicted latency is its wait in the
-queue plus the curve's p99 at the 99th percentile of the concurrency a pod sees: arrivals are
-random, so the requests in a pod fluctuate around Little's mean c, taken as Poisson(c) (this
-term was added after `python -m loadtest validate` showed the mean alone under-predicting p99
-by 27-71% under Poisson load). The autoscaler observes the
-requests in pods (ready x c) plus those waiting. New pods are ready after the measured cold
-start.
+hundreds of ms) are short next to the autoscaler's seconds, so pods are taken to be at their
+steady state: serving r req/s per pod means running at the concurrency c where the curve gives
+r (Little's law), up to containerConcurrency. Ready pods drain the queue at up to their
+capacity; whatever exceeds it waits. A request's predicted latency is its wait in that queue
+plus the latency of a pod receiving r req/s at random: loadtest/podqueue.py simulates the
+pod's micro-batcher (threads taking whole batches from one queue) under Poisson arrivals,
+with forward-pass times taken from the curve. (An earlier estimate, the curve's p99 at a
+Poisson spread of c in flight, was 34-79% under the measured p99 at 60-90% load in
+`python -m loadtest validate`: open-loop arrivals queue more than that.) The autoscaler
+observes the requests in pods (ready x c) plus those waiting. New pods are ready after the
+measured cold start.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from loadtest.curve import Curve, poisson_quantile
+from loadtest.curve import Curve
+from loadtest.podqueue import PodModel, pod_model
 
 
 @dataclass(frozen=True)
@@ -113,10 +115,13 @@ class SimResult:
 
 
 def simulate(config: KpaConfig, curve: Curve, load: Trace, cold_start_s: float,
-             dt: float = 0.1, timeout_s: float = 30.0, record_every_s: float = 1.0) -> SimResult:
-    """Run the trace through the autoscaler and the pods."""
+             dt: float = 0.1, timeout_s: float = 30.0, record_every_s: float = 1.0,
+             workers: int = 2, max_batch: int = 32) -> SimResult:
+    """Run the trace through the autoscaler and the pods (`workers` model threads and
+    SURGE_MAX_BATCH_SIZE per pod: the predictor's 2 CPUs and the default, 32)."""
     cc = float(config.container_concurrency or math.inf)
     pod_c, pod_rate = curve.best(cc)  # a pod's most requests/s within containerConcurrency
+    pod = pod_model(curve, workers, max_batch, cc)
     panic_window = config.stable_window_s * config.panic_window_pct / 100
     state = _State(ready=float(max(config.initial_scale, config.min_scale)))
     history: deque[tuple[float, float]] = deque()  # (t, observed total concurrency)
@@ -133,7 +138,7 @@ def simulate(config: KpaConfig, curve: Curve, load: Trace, cold_start_s: float,
         t = step * dt
         state.start_pods(t)
         rate = load.rate(t)
-        c_now = state.serve(t, rate * dt, dt, curve, pod_rate, pod_c, cc, timeout_s)
+        c_now = state.serve(t, rate * dt, dt, curve, pod, pod_rate, pod_c, cc, timeout_s)
         observed = state.ready * c_now + state.waiting
         history.append((t, observed))
         while history[0][0] < t - config.stable_window_s:
@@ -161,7 +166,7 @@ def simulate(config: KpaConfig, curve: Curve, load: Trace, cold_start_s: float,
             desired = want
             state.scale_to(desired, t + cold_start_s)
         if step % every == 0:
-            series.append(state.row(t, rate, desired, c_now, curve, pod_rate, panic_since))
+            series.append(state.row(t, rate, desired, c_now, pod, pod_rate, panic_since))
     return SimResult(state.summary(load, dt, steps), series)
 
 
@@ -183,6 +188,7 @@ class _State:
     panic_seconds: float = 0.0
     in_path_s: float = 0.0
     max_ready: int = 0
+    per_pod_rate: float = 0.0  # requests/s each ready pod served in the last step
 
     @property
     def pods(self) -> float:
@@ -194,8 +200,8 @@ class _State:
             self.pending = [r for r in self.pending if r > t]
         self.max_ready = max(self.max_ready, int(self.ready))
 
-    def serve(self, t: float, arriving: float, dt: float, curve: Curve, pod_rate: float,
-              pod_c: float, cc: float, timeout_s: float) -> float:
+    def serve(self, t: float, arriving: float, dt: float, curve: Curve, pod: PodModel,
+              pod_rate: float, pod_c: float, cc: float, timeout_s: float) -> float:
         """Queue the arrivals, drain what ready pods can serve (FIFO); the per-pod
         concurrency the pods ran at."""
         if arriving > 0:
@@ -210,9 +216,10 @@ class _State:
         if self.ready < 1 or not self.queue:
             return 0.0
         budget = min(self.waiting, self.ready * pod_rate * dt)
-        c_now = min(cc, curve.concurrency_for(budget / dt / self.ready, cc))
-        service = curve.p99_s(min(cc, poisson_quantile(c_now, 0.99)))
-        typical = curve.p50_s(c_now)
+        self.per_pod_rate = budget / dt / self.ready
+        c_now = min(cc, curve.concurrency_for(self.per_pod_rate, cc))
+        service = pod.p99_s(self.per_pod_rate)
+        typical = pod.p50_s(self.per_pod_rate)
         left = budget
         while self.queue and left > 1e-9:
             cohort = self.queue[0]
@@ -242,7 +249,7 @@ class _State:
             self.pending = self.pending[: len(self.pending) - cut]
             self.ready -= drop - cut
 
-    def row(self, t: float, rate: float, desired: int, c_now: float, curve: Curve,
+    def row(self, t: float, rate: float, desired: int, c_now: float, pod: PodModel,
             pod_rate: float, panic_since: float | None) -> dict[str, Any]:
         """What a request arriving now would see: the queue ahead of it, then the pods."""
         drain = self.ready * pod_rate
@@ -252,7 +259,7 @@ class _State:
         return {"t": round(t, 2), "rate": round(rate, 2), "desired": desired,
                 "ready": int(self.ready), "per_pod_concurrency": round(c_now, 2),
                 "queued": round(self.waiting, 2),
-                "p99_ms": round((wait + curve.p99_s(poisson_quantile(c_now, 0.99))) * 1000, 1),
+                "p99_ms": round((wait + pod.p99_s(self.per_pod_rate)) * 1000, 1),
                 "panic": panic_since is not None}
 
     def summary(self, load: Trace, dt: float, steps: int) -> dict[str, Any]:

@@ -1,6 +1,7 @@
-"""Tuning: simulate a grid of Knative settings on the measured capacity curve for a traffic
-trace, keep those that meet the p99 SLO with nothing timed out, and recommend the cheapest
-(fewest pod-seconds); print it as a kustomize patch for the `predictor` Service."""
+"""Tuning: simulate a grid of Knative settings (soft target and containerConcurrency varied
+independently) on the measured capacity curve for a traffic trace, keep those that meet the
+p99 SLO with nothing timed out, and recommend the cheapest (fewest pod-seconds); print it as a
+kustomize patch for the `predictor` Service."""
 
 from __future__ import annotations
 
@@ -33,14 +34,22 @@ class Choice:
 
 
 def candidates(curve: Curve, utilizations: Sequence[float] = (0.5, 0.7, 0.9),
-               min_scales: Sequence[int] = (0, 1, 2, 3, 4),
+               min_scales: Sequence[int] = (0, 1, 2, 4),
                delays: Sequence[float] = (0, 60, 300)) -> list[KpaConfig]:
-    """The grid: containerConcurrency at each measured level >= 2 (target = cc), times
-    utilization, min-scale and scale-down delay."""
-    levels = [int(c) for c in curve.c if c >= 2]
-    return [KpaConfig(container_concurrency=cc, target=float(cc), utilization=u,
+    """The grid: the soft target and containerConcurrency varied independently, times
+    utilization, min-scale and scale-down delay.
+
+    Knative scales on the soft target (target x utilization in flight per pod) and advises
+    containerConcurrency only as a hard limit: it caps each pod's in-flight requests (and so
+    its micro-batches) and makes the activator queue the rest. So the target takes every
+    measured level, and containerConcurrency every measured level >= 2 at or above it, or 0
+    (no limit)."""
+    levels = sorted({int(c) for c in curve.c})
+    limits = [c for c in levels if c >= 2] + [0]
+    pairs = [(cc, t) for cc in limits for t in levels if cc == 0 or t <= cc]
+    return [KpaConfig(container_concurrency=cc, target=float(t), utilization=u,
                       min_scale=m, initial_scale=max(1, m), scale_down_delay_s=d)
-            for cc, u, m, d in itertools.product(levels, utilizations, min_scales, delays)]
+            for (cc, t), u, m, d in itertools.product(pairs, utilizations, min_scales, delays)]
 
 
 def current_config(path: Path = PREDICTOR) -> KpaConfig:
@@ -64,15 +73,16 @@ def current_config(path: Path = PREDICTOR) -> KpaConfig:
 
 
 def tune(curve: Curve, load: Trace, cold_start_s: float, slo_p99_ms: float,
-         grid: Sequence[KpaConfig] | None = None, dt: float = 0.25) -> dict[str, Any]:
+         grid: Sequence[KpaConfig] | None = None, dt: float = 0.25,
+         workers: int = 2) -> dict[str, Any]:
     """Every candidate simulated; the cheapest that meets the SLO, the runner-up, and the
     current manifest's outcome for comparison."""
-    results = [Choice(c, simulate(c, curve, load, cold_start_s, dt=dt))
+    results = [Choice(c, simulate(c, curve, load, cold_start_s, dt=dt, workers=workers))
                for c in (grid if grid is not None else candidates(curve))]
     good = sorted((r for r in results if _meets(r, slo_p99_ms)),
                   key=lambda r: (r.cost, r.result.summary["cold_start_waiters"]))
     current = current_config()
-    now = Choice(current, simulate(current, curve, load, cold_start_s, dt=dt))
+    now = Choice(current, simulate(current, curve, load, cold_start_s, dt=dt, workers=workers))
     best = good[0] if good else None
     if best is not None:  # a ceiling with headroom over the busiest moment simulated
         ceiling = max(2, math.ceil(best.result.summary["max_pods"] * 1.5))
@@ -122,13 +132,15 @@ def explain(outcome: dict[str, Any]) -> str:
                 "(bigger pods) or relax the SLO.")
     b, n = best["summary"], now["summary"]
     c = best["config"]
-    per_pod = c["container_concurrency"] * c["utilization"]
+    per_pod = c["target"] * c["utilization"]
+    limit = c["container_concurrency"] or "0 (no hard limit)"
     lines = [
         f"Simulated {outcome['simulated']} settings on the {outcome['trace']} trace "
         f"({outcome['seconds']:g} s); {outcome['meeting_slo']} meet p99 <= "
         f"{outcome['slo_p99_ms']:g} ms with nothing timed out.",
-        f"Cheapest: containerConcurrency {c['container_concurrency']}, target "
-        f"{c['target']:g} x {c['utilization']:.0%} = {per_pod:g} in flight per pod, "
+        f"Cheapest: target {c['target']:g} x {c['utilization']:.0%} = {per_pod:g} in flight "
+        f"per pod (what Knative scales on), containerConcurrency {limit} (the hard limit; "
+        "below SURGE_MAX_BATCH_SIZE it also caps each pod's batches), "
         f"min-scale {c['min_scale']}, scale-down-delay "
         f"{c['scale_down_delay_s']:g} s: {b['pod_seconds']:g} pod-seconds, "
         f"p99 {b['p99_ms']:g} ms,"
@@ -139,7 +151,8 @@ def explain(outcome: dict[str, Any]) -> str:
     ]
     if outcome["runner_up"]:
         r = outcome["runner_up"]
-        lines.append(f"Runner-up: cc {r['config']['container_concurrency']}, utilization "
+        lines.append(f"Runner-up: target {r['config']['target']:g}, cc "
+                     f"{r['config']['container_concurrency']}, utilization "
                      f"{r['config']['utilization']:.0%}, min-scale {r['config']['min_scale']}, "
                      f"delay {r['config']['scale_down_delay_s']:g} s: "
                      f"{r['summary']['pod_seconds']:g} pod-seconds, p99 "

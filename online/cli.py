@@ -95,7 +95,7 @@ def _cmd_keys_new(args: argparse.Namespace) -> int:
 def _cmd_up(args: argparse.Namespace) -> int:
     from online.stack import up
 
-    return up(api_port=args.port)
+    return up(api_port=args.port, scrape_interval_s=args.scrape_interval or None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -119,8 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("job", add_help=False,
                    help="status|wait|results|cancel|list of jobs (= `ssc ...`)")
 
-    up = sub.add_parser("up", help="local stack: cache Redis, jobs Redis, API; Ctrl-C stops")
+    up = sub.add_parser(
+        "up", help="local stack: cache Redis, jobs Redis, API, worker, Prometheus; Ctrl-C stops")
     up.add_argument("--port", type=int, default=None, help="API port (default $PORT or 8080)")
+    up.add_argument("--scrape-interval", type=float, default=15.0, metavar="SECONDS",
+                    help="Prometheus scrape and rule interval (0: no Prometheus)")
     up.set_defaults(func=_cmd_up)
 
     keys = sub.add_parser("keys", help="API keys")

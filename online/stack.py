@@ -55,8 +55,32 @@ def _shut_down(children: tuple[subprocess.Popen[bytes], ...], grace_s: float = 4
             process.wait()
 
 
-def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
-    """Start cache Redis, jobs Redis (AOF) and the API; block until interrupted."""
+def _start_prometheus(run_dir: Path, api_port: int, worker_port: int,
+                      interval_s: float | None) -> tuple[subprocess.Popen[bytes] | None, str]:
+    """Prometheus if its binary is here (and not turned off): (process, banner line)."""
+    from online import localprom
+
+    binary = localprom.prometheus_binary()
+    if interval_s is None or binary is None:
+        why = "off (--scrape-interval 0)" if interval_s is None else (
+            "not found (make install unpacks Debian's prometheus package into .venv)")
+        return None, f"  prometheus   {why}"
+    port = free_port()
+    try:
+        process = localprom.start(binary, run_dir / "prometheus", port,
+                                  f"127.0.0.1:{api_port}", f"127.0.0.1:{worker_port}",
+                                  interval_s)
+    except RuntimeError as exc:
+        return None, f"  prometheus   failed to start: {exc}"
+    rules = "rules and alerts loaded" if localprom.RULES.is_file() else "no rule file here"
+    return process, (f"  prometheus   http://127.0.0.1:{port}   (API + worker every "
+                     f"{interval_s:g} s; {rules}; /alerts)")
+
+
+def up(api_port: int | None = None, run_dir: Path = Path(".run"),
+       scrape_interval_s: float | None = 15.0) -> int:
+    """Start cache Redis, jobs Redis, the API, a worker and (when installed) Prometheus;
+    block until interrupted."""
     model_dir = ensure_default_model()
     port = api_port or int(os.environ.get("PORT", "8080"))
     cache = RedisServer("cache", run_dir / "redis-cache", port=free_port()).start()
@@ -73,6 +97,8 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
                            start_new_session=True)
     worker = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"], env=env,
                               start_new_session=True)
+    prometheus, prometheus_line = _start_prometheus(run_dir, port, worker_metrics,
+                                                    scrape_interval_s)
     stopping = False
 
     def stop(*_: object) -> None:
@@ -83,27 +109,35 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run")) -> int:
     try:
         base = f"http://127.0.0.1:{port}"
         if _wait_ready(base, api):
-            print(f"""
+            print(_banner(base, worker.pid, worker_metrics, cache, jobs, prometheus_line),
+                  flush=True)
+        while api.poll() is None and not stopping:
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        _shut_down((api, worker) + ((prometheus,) if prometheus else ()))
+        jobs.stop()
+        cache.stop()
+        print("stopped: API, worker, cache Redis, jobs Redis"
+              + (", Prometheus" if prometheus else ""), flush=True)
+    return 0 if api.returncode in (0, -signal.SIGTERM, None) else int(api.returncode)
+
+
+def _banner(base: str, worker_pid: int, worker_metrics: int, cache: RedisServer,
+            jobs: RedisServer, prometheus_line: str) -> str:
+    return f"""
 surgeserve is up
   API          {base}          (POST /v1/predict, /v1/bulk-predict, /v1/jobs, /events)
-  worker       Celery, pid {worker.pid}, queue surgeserve.chunks
+  worker       Celery, pid {worker_pid}, queue surgeserve.chunks
                metrics http://127.0.0.1:{worker_metrics}/metrics
   docs         {base}/docs
   metrics      {base}/metrics
   readiness    {base}/readyz
   cache Redis  {cache.url}   (allkeys-lru, no persistence)
   jobs Redis   {jobs.url}   (noeviction, AOF in {jobs.data_dir})
+{prometheus_line}
   try:  curl -s {base}/v1/predict -H 'content-type: application/json' \\
           -d '{{"text": "a warm, funny and moving film"}}'
 Ctrl-C stops everything.
-""", flush=True)
-        while api.poll() is None and not stopping:
-            time.sleep(0.3)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        _shut_down((api, worker))
-        jobs.stop()
-        cache.stop()
-        print("stopped: API, worker, cache Redis, jobs Redis", flush=True)
-    return 0 if api.returncode in (0, -signal.SIGTERM, None) else int(api.returncode)
+"""

@@ -10,7 +10,12 @@ const BASE_URL = __ENV.BASE_URL || 'http://predictor.surgeserve.svc.cluster.loca
 const SHAPE = __ENV.SHAPE || 'ramp';
 const PEAK = parseFloat(__ENV.PEAK || '16');
 const DURATION_S = parseFloat(__ENV.DURATION_S || '300');
-const MODE = __ENV.MODE || 'closed'; // closed: PEAK virtual users; open: PEAK requests/s
+// closed: PEAK virtual users; open: PEAK requests/s; sweep: a capacity curve, LEVELS virtual
+// users one level after another, LEVEL_S seconds each (`python -m loadtest tune --curve` reads
+// the --summary-export JSON of such a run as a measured curve).
+const MODE = __ENV.MODE || 'closed';
+const LEVELS = (__ENV.LEVELS || '1,2,4,8,16,32,64').split(',').map((x) => parseInt(x, 10));
+const LEVEL_S = parseFloat(__ENV.LEVEL_S || '30');
 const HIT_RATE = parseFloat(__ENV.HIT_RATE || '0.8'); // share of requests for a hot text
 const HOT_TEXTS = parseInt(__ENV.HOT_TEXTS || '500', 10);
 const BULK_FRACTION = parseFloat(__ENV.BULK_FRACTION || '0');
@@ -38,12 +43,27 @@ const scenario = MODE === 'open'
       preAllocatedVUs: Math.ceil(PEAK), maxVUs: Math.ceil(PEAK * 8) }
   : { executor: 'ramping-vus', startVUs: 0, stages };
 
+// Sweep: one constant-vus scenario per level, back to back, each tagged with its level; a
+// threshold per level (always true) puts that level's figures in the summary.
+const sweep = {};
+const perLevel = {};
+LEVELS.forEach((vus, i) => {
+  sweep[`level_${vus}`] = { executor: 'constant-vus', vus, duration: `${LEVEL_S}s`,
+    startTime: `${i * LEVEL_S}s`, gracefulStop: '0s', tags: { level: String(vus) } };
+  for (const metric of ['http_req_duration', 'iteration_duration']) {
+    perLevel[`${metric}{level:${vus}}`] = ['max>=0'];
+  }
+  perLevel[`http_reqs{level:${vus}}`] = ['count>=0'];
+  perLevel[`http_req_failed{level:${vus}}`] = ['rate>=0'];
+});
+
 export const options = {
-  scenarios: { predictor: scenario },
-  thresholds: {
+  scenarios: MODE === 'sweep' ? sweep : { predictor: scenario },
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+  thresholds: Object.assign({
     http_req_failed: ['rate<0.01'],
     'http_req_duration{endpoint:predict}': [`p(99)<${SLO_P99_MS}`],
-  },
+  }, MODE === 'sweep' ? perLevel : {}),
 };
 
 export const cacheHits = new Rate('surge_cache_hits');

@@ -4,6 +4,7 @@ can also feed it deliberately broken input and see it caught."""
 
 from __future__ import annotations
 
+import copy
 import re
 import shutil
 import subprocess
@@ -26,6 +27,7 @@ def _cloudcoil_models() -> dict[tuple[str, str], type[pydantic.BaseModel]]:
     from cloudcoil.models.knative_eventing.eventing import v1 as eventing
     from cloudcoil.models.knative_eventing.sources import v1 as sources
     from cloudcoil.models.knative_serving.serving import v1 as serving
+    from cloudcoil.models.prometheus_operator import v1 as monitoring
 
     return {
         ("serving.knative.dev/v1", "Service"): serving.Service,
@@ -34,6 +36,9 @@ def _cloudcoil_models() -> dict[tuple[str, str], type[pydantic.BaseModel]]:
         ("sources.knative.dev/v1", "SinkBinding"): sources.SinkBinding,
         ("keda.sh/v1alpha1", "ScaledObject"): keda.ScaledObject,
         ("keda.sh/v1alpha1", "TriggerAuthentication"): keda.TriggerAuthentication,
+        ("monitoring.coreos.com/v1", "PodMonitor"): monitoring.PodMonitor,
+        ("monitoring.coreos.com/v1", "ServiceMonitor"): monitoring.ServiceMonitor,
+        ("monitoring.coreos.com/v1", "PrometheusRule"): monitoring.PrometheusRule,
     }
 
 
@@ -120,12 +125,15 @@ AUTOSCALING_KEYS = {"class", "metric", "target", "target-utilization-percentage"
 
 
 def validate(doc: dict[str, Any]) -> list[str]:
-    """Problems with one resource: Knative/KEDA kinds against the cloudcoil models plus the
-    unknown-field walk (and autoscaling annotation keys); core kinds with
-    kubernetes-validate --strict."""
+    """Problems with one resource: Knative/KEDA/Prometheus Operator kinds against the
+    cloudcoil models plus the unknown-field walk (and autoscaling annotation keys); core kinds
+    with kubernetes-validate --strict."""
     name = f"{doc.get('kind')}/{(doc.get('metadata') or {}).get('name')}"
     model = _cloudcoil_models().get((doc.get("apiVersion", ""), doc.get("kind", "")))
     if model is not None:
+        doc, newer = _newer_knative_fields(doc)
+        if newer:
+            return [f"{name}: {p}" for p in newer]
         try:
             model.model_validate(doc)
         except pydantic.ValidationError as exc:
@@ -149,6 +157,32 @@ def validate(doc: dict[str, Any]) -> list[str]:
         where = ".".join(str(p) for p in exc.path)
         return [f"{name}: {where}: {exc.message}"]
     return []
+
+
+def _newer_knative_fields(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Two pod-spec parts the Knative models do not check: init containers (free-form in
+    Knative's schema) and image volumes (`volumes[].image`, Knative Serving 1.19+ behind
+    kubernetes.podspec-volumes-image, newer than the 1.17 models). Both are checked against
+    the Kubernetes Pod schema instead; the rest of the document goes to the models."""
+    spec = ((doc.get("spec") or {}).get("template") or {}).get("spec") or {}
+    volumes = spec.get("volumes") or []
+    images = [v for v in volumes if isinstance(v, dict) and "image" in v]
+    inits = spec.get("initContainers") or []
+    if doc.get("kind") != "Service" or not (images or inits):
+        return doc, []
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "check"},
+           "spec": {"containers": [{"name": "c", "image": "x"}], "initContainers": inits,
+                    "volumes": images}}
+    problems = []
+    try:
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        where = ".".join(str(p) for p in exc.path).replace("spec.", "", 1)
+        kind = "image volume" if where.startswith("volumes") else "init container"
+        problems.append(f"{kind}: spec.template.spec.{where}: {exc.message}")
+    rest = copy.deepcopy(doc)
+    rest["spec"]["template"]["spec"]["volumes"] = [v for v in volumes if v not in images]
+    return rest, problems
 
 
 def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:

@@ -145,3 +145,89 @@ def test_prometheus_config_passes_promtool(tmp_path: Path) -> None:
     # Labels the dashboards select on come from relabelling or from the metrics themselves.
     assert {"namespace", "component"} <= labels
     assert {"namespace", "component"} <= used
+
+
+# --- kube-prometheus-stack (grafana/kube-prometheus-stack) ---------------------------------
+
+OPERATOR = checks.GRAFANA / "kube-prometheus-stack"
+# Knative names the user container's port in every revision's pod this way, whatever the
+# Service calls it (knative.dev/serving pkg/apis/serving/v1: UserPortName).
+KNATIVE_USER_PORT = "user-port"
+
+
+def operator_docs() -> list[dict[str, Any]]:
+    return checks.kustomize(checks.GRAFANA)
+
+
+def test_committed_operator_files_are_the_generated_ones() -> None:
+    rendered = generated().render_operator()
+    on_disk = {name: (OPERATOR / name).read_text() for name in rendered}
+    assert on_disk == rendered, "run: python grafana/generate.py"
+
+
+def test_operator_resources_pass_their_schema() -> None:
+    docs = operator_docs()
+    assert sorted(d["kind"] for d in docs) == ["ConfigMap", "ConfigMap", "PodMonitor",
+                                               "PodMonitor", "PodMonitor", "PrometheusRule"]
+    assert [p for d in docs for p in checks.validate(d)] == []
+    monitor = next(d for d in docs if d["metadata"]["name"] == "surgeserve-api")
+    monitor["spec"]["podMetricEndpoints"] = monitor["spec"].pop("podMetricsEndpoints")
+    assert any("spec.podMetricEndpoints" in p for p in checks.validate(monitor))
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    rule["spec"]["groups"][1]["rules"][0]["annotation"] = {}
+    assert any("rules[0].annotation" in p for p in checks.validate(rule))
+
+
+def test_prometheus_rule_and_dashboard_maps_carry_the_plain_files() -> None:
+    docs = operator_docs()
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    assert rule["spec"] == yaml.safe_load(checks.RULES.read_text())
+    maps = {k: v for d in docs if d["kind"] == "ConfigMap" for k, v in d["data"].items()}
+    assert maps == {p.name: p.read_text() for p in (checks.GRAFANA / "dashboards").glob("*.json")}
+    assert all(d["metadata"]["labels"]["grafana_dashboard"] == "1"
+               for d in docs if d["kind"] == "ConfigMap")
+
+
+def test_every_alert_has_a_severity_and_a_runbook_page() -> None:
+    alerts = [r for g in yaml.safe_load(checks.RULES.read_text())["groups"]
+              for r in g["rules"] if "alert" in r]
+    assert len(alerts) >= 8
+    for alert in alerts:
+        assert alert["labels"]["severity"] in ("critical", "warning"), alert["alert"]
+        url = alert["annotations"]["runbook_url"]
+        assert url.endswith(f"/docs/runbooks/{alert['alert']}.md"), url
+        page = (checks.ROOT / "docs" / "runbooks" / f"{alert['alert']}.md").read_text()
+        for part in ("What it means", "Confirm", "What to do"):
+            assert part in page, (alert["alert"], part)
+
+
+def test_pod_monitors_select_the_pods_and_their_ports() -> None:
+    monitors = {d["metadata"]["name"]: d for d in operator_docs() if d["kind"] == "PodMonitor"}
+    workloads = [d for d in checks.kustomize(checks.ROOT / "knative" / "overlays" / "dev")
+                 if d["kind"] in ("Service", "Deployment") and checks.containers(d)]
+
+    def scraped(monitor: dict[str, Any]) -> dict[str, set[str]]:
+        """Workload name -> the monitor's ports its pods have."""
+        selector = monitor["spec"]["selector"]
+        found = {}
+        for doc in workloads:
+            labels = doc["spec"]["template"]["metadata"].get("labels", {})
+            if not all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items()):
+                continue
+            if not all(labels.get(e["key"]) in e["values"]
+                       for e in selector.get("matchExpressions", [])):
+                continue
+            ports = {p.get("name") for c in checks.containers(doc) for p in c.get("ports", [])}
+            if doc["kind"] == "Service":  # a revision's pod: Knative renames the port
+                ports = {KNATIVE_USER_PORT}
+            found[doc["metadata"]["name"]] = {
+                e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} & ports
+        return found
+
+    assert scraped(monitors["surgeserve-api"]) == {"predictor": {KNATIVE_USER_PORT},
+                                                   "jobs": {KNATIVE_USER_PORT}}
+    assert scraped(monitors["surgeserve-worker"]) == {"worker": {"metrics"}}
+    for name in ("surgeserve-api", "surgeserve-worker"):  # the label the dashboards select on
+        targets = {r["targetLabel"] for e in monitors[name]["spec"]["podMetricsEndpoints"]
+                   for r in e["relabelings"]}
+        assert "component" in targets

