@@ -9,6 +9,9 @@ import json
 import httpx
 import pytest
 import redis
+from cloudevents.core.bindings.http import to_binary
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
 
 from batch import store as job_store
 from common.auth import hash_key
@@ -52,12 +55,20 @@ def test_ids_come_back_on_pages_and_the_stream(make_app, live_server, jobs_redis
                              headers={"content-type": "application/x-ndjson"}).json()
         assert wait_done(client, ndjson["id"])["status"] == "succeeded"
         from_ndjson = all_results(client, ndjson["id"])
+        event = to_binary(CloudEvent(attributes={
+            "type": "dev.surgeserve.bulk.requested", "source": "/tests", "id": "ids-1",
+            "datacontenttype": "application/json"},
+            data={"texts": [{"id": "e1", "text": "loved it"}, "plain"]}), JSONFormat())
+        reply = client.post("/events", content=event.body, headers=event.headers).json()
+        assert wait_done(client, reply["job_id"])["status"] == "succeeded"
+        from_event = all_results(client, reply["job_id"])
     expected = ["a", None, 7, None, "é\u2028"]
     assert [r["id"] for r in paged] == [r["id"] for r in streamed] == expected
     assert [r["index"] for r in paged] == list(range(5))
     assert [r["label"] for r in paged[:3:2]] == ["POSITIVE", "NEGATIVE"]
     assert ndjson["total"] == 3  # U+2028 inside a line did not split it
     assert [r["id"] for r in from_ndjson] == ["n1", None, "n\u2028x"]
+    assert [r["id"] for r in from_event] == ["e1", None]
     ids_key = f"surge:job:{job_id}:ids"
     ttl = redis.Redis.from_url(jobs_redis.url).ttl(ids_key)
     assert 0 < ttl <= 7 * 24 * 3600  # the ids expire with the job
@@ -134,3 +145,22 @@ def test_limits_are_published(make_app, live_server, jobs_redis) -> None:
         limits = client.get("/v1/limits", headers=bearer(ALICE)).json()
     assert limits["job_max_items"] == 3 and limits["job_max_bytes"] == 4096
     assert limits["bulk_max_items"] == 256 and limits["max_text_chars"] == 5000
+
+
+def test_ids_are_part_of_the_body_an_idempotency_key_names(make_app, live_server,
+                                                          jobs_redis) -> None:
+    app = make_app(redis_url=jobs_redis.url)
+    key = {"idempotency-key": "with-ids"}
+    with live_server(app) as srv, httpx.Client(base_url=srv.url) as client:
+        first = client.post("/v1/jobs", json={"texts": [{"id": "a", "text": "x"}]},
+                            headers=key)
+        again = client.post("/v1/jobs", json={"texts": [{"id": "a", "text": "x"}]},
+                            headers=key)
+        other = client.post("/v1/jobs", json={"texts": [{"id": "b", "text": "x"}]},
+                            headers=key)
+        plain = client.post("/v1/jobs", json={"texts": ["x"]}, headers=key)
+    assert (first.status_code, again.status_code) == (202, 200)
+    assert again.json()["id"] == first.json()["id"]
+    for refused in (other, plain):
+        assert refused.status_code == 422
+        assert refused.json()["error"]["code"] == "idempotency_key_reused"
