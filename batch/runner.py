@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -16,6 +17,7 @@ from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache, RedisTier
 from common.metrics import WorkerMetrics
 from common.models import ModelSet
+from common.payload import SOURCE_JOBS, Answered, PayloadLogger
 from common.schemas import ranked_body
 from common.settings import Settings
 
@@ -45,6 +47,8 @@ class ChunkRunner:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="model")
+        self.payload = PayloadLogger.from_settings(settings, self.metrics.payload_events,
+                                                   source=SOURCE_JOBS)
 
     def run(self, job_id: str, chunk: int) -> ChunkOutcome:
         """Run one chunk; skipped when the job was cancelled, finished or expired."""
@@ -78,7 +82,7 @@ class ChunkRunner:
         bundle = self.models.get(job.get("model") or None)  # UnknownModel fails the job
         self.store.mark_running(job_id, bundle.name, bundle.version)
         texts = self.store.chunk_texts(job_id, chunk, job["chunk_size"])
-        ranked, cached = asyncio.run(self._predict(bundle, texts))
+        ranked, cached = asyncio.run(self._predict(bundle, texts, f"{job_id}:{chunk}"))
         base = chunk * job["chunk_size"]
         results = {base + i: ranked_body(r) for i, r in enumerate(ranked)}
         if self.store.status(job_id) == CANCELLED:  # cancelled while computing: keep nothing
@@ -86,8 +90,9 @@ class ChunkRunner:
         finished = self.store.write_chunk(job_id, chunk, results, job["chunks"])
         return ChunkOutcome(job_id, chunk, len(texts) - cached, cached, finished_job=finished)
 
-    async def _predict(self, bundle: ModelBundle, texts: list[str],
+    async def _predict(self, bundle: ModelBundle, texts: list[str], request_id: str,
                        ) -> tuple[list[Ranked], int]:
+        started = time.perf_counter()
         cache = self._cache()
         try:
             keyed = [bundle.keyed(t) for t in texts]
@@ -100,7 +105,10 @@ class ChunkRunner:
             if cache is not None:
                 cache.store(fresh)  # online traffic benefits from batch work
                 await cache.flush()
-            return [found.get(k) or fresh[k] for k in keys], sum(k in found for k in keys)
+            answers = [Answered(found.get(k) or fresh[k], k in found) for k in keys]
+            if self.payload is not None:  # one event per chunk
+                self.payload.log(bundle, texts, keys, answers, started, request_id)
+            return [a.scores for a in answers], sum(a.cached for a in answers)
         finally:
             if cache is not None:
                 await cache.close()
