@@ -101,6 +101,8 @@ class Runtime:
             self.cache = PredictionCache(s.lru_size, RedisTier.from_settings(s, m), m)
         limits = Limits(s.max_text_chars, s.bulk_max_items, s.request_timeout_s)
         self.payload = PayloadLogger.from_settings(s, m.payload_events, source=SOURCE_ONLINE)
+        if self.payload is not None:
+            self.payload.start_on_loop()
         services = {}
         for name, bundle in bundles.items():
             batcher = self._batcher(name, bundle)
@@ -153,4 +155,4 @@ class Runtime:
         if self.cache is not None:
             await self.cache.close()
         if self.payload is not None:  # after the batchers: their last answers are queued
-            await asyncio.to_thread(self.payload.close)
+            await self.payload.aclose()
