@@ -48,7 +48,7 @@ class ChunkRunner:
         self.metrics = metrics or WorkerMetrics()
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="model")
         self.payload = PayloadLogger.from_settings(settings, self.metrics.payload_events,
-                                                   source=SOURCE_JOBS)
+                                                   source=SOURCE_JOBS, pack=False)
 
     def run(self, job_id: str, chunk: int) -> ChunkOutcome:
         """Run one chunk; skipped when the job was cancelled, finished or expired."""

@@ -93,7 +93,7 @@ class PayloadLogger:
 
     def __init__(self, url: str, counter: Counter, *, source: str, mode: str = "all",
                  sample: float = 1.0, text: bool = False, batch: int = 500,
-                 max_queue: int = 10_000):
+                 max_queue: int = 10_000, pack: bool = True):
         self.url = url
         self.source = source
         self.request_side = mode in ("request", "all")
@@ -102,6 +102,7 @@ class PayloadLogger:
         self.text = text and self.request_side
         self.batch = batch
         self.max_queue = max_queue
+        self.pack = pack  # several requests per event; False: each one its own (job chunks)
         self._outcome = {name: counter.labels(name)
                          for name in ("sent", "failed", "dropped_full", "dropped_closed")}
         self._groups: deque[_Group] = deque()
@@ -118,8 +119,8 @@ class PayloadLogger:
         self._fragments: dict[str, tuple[Ranked, str]] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings, counter: Counter, *,
-                      source: str) -> PayloadLogger | None:
+    def from_settings(cls, settings: Settings, counter: Counter, *, source: str,
+                      pack: bool = True) -> PayloadLogger | None:
         """The configured logger, or None when SURGE_PAYLOAD_SINK is unset (or says k_sink
         and there is no K_SINK)."""
         url = settings.payload_url
@@ -130,7 +131,7 @@ class PayloadLogger:
             return None
         return cls(url, counter, source=source, mode=settings.payload_mode,
                    sample=settings.payload_sample, text=settings.payload_text,
-                   batch=settings.payload_batch, max_queue=settings.payload_queue)
+                   batch=settings.payload_batch, max_queue=settings.payload_queue, pack=pack)
 
     def log(self, bundle: ModelBundle, texts: Sequence[str], keys: Sequence[str],
             answers: Sequence[Answer], started: float, request_id: str | None = None) -> None:
@@ -146,7 +147,7 @@ class PayloadLogger:
                 self._groups.append((bundle, request_id or current_request_id.get(), texts,
                                      keys, answers, time.perf_counter() - started, time.time()))
                 self._queued += n
-                full = self._queued >= self.batch
+                full = self._queued >= self.batch or not self.pack
         if not accepted:
             self._outcome["dropped_closed" if self._closed else "dropped_full"].inc(n)
         elif self._wake_task is not None:
@@ -253,13 +254,17 @@ class PayloadLogger:
             client.close()
 
     def _take(self, everything: bool) -> list[_Group]:
-        """Whole groups up to `batch` predictions (at least one group: a chunk is one event);
-        nothing while fewer than `batch` wait, unless `everything` (FLUSH_S is up, or
-        closing): while one event is on its way the next fills up, rather than many small
+        """Whole groups up to `batch` predictions (at least one group), or one group when not
+        packing; nothing while fewer than `batch` wait, unless `everything` (FLUSH_S is up,
+        or closing): while one event is on its way the next fills up, rather than many small
         ones going out back to back."""
         out: list[_Group] = []
         n = 0
         with self._lock:
+            if not self.pack and self._groups:
+                group = self._groups.popleft()
+                self._queued -= len(group[3])
+                return [group]
             if not everything and self._queued < self.batch:
                 return out
             while self._groups and (not out or n + len(self._groups[0][3]) <= self.batch):

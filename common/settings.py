@@ -153,6 +153,13 @@ class Settings(BaseSettings):
                 return "on"
         return value
 
+    @field_validator("payload_sink")
+    @classmethod
+    def _payload_sink_spec(cls, value: str | None) -> str | None:
+        if value and value.strip().lower() != "k_sink" and not re.match(r"https?://[^/]", value):
+            raise ValueError("SURGE_PAYLOAD_SINK: an http(s) URL, or k_sink (use K_SINK)")
+        return value
+
     @field_validator("api_keys")
     @classmethod
     def _api_keys_spec(cls, value: str | None) -> str | None:

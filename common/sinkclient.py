@@ -19,6 +19,10 @@ class SinkError(Exception):
     """The sink could not be reached, broke the protocol, or closed early."""
 
 
+class _Unanswered(SinkError):
+    """The connection closed before any reply began."""
+
+
 class SinkClient:
     """POSTs to one URL over one reused connection (reopened after an error or a close)."""
 
@@ -36,9 +40,20 @@ class SinkClient:
         self._h11 = h11.Connection(h11.CLIENT)
 
     async def post(self, headers: dict[str, str], body: bytes) -> int:
-        """The status of one POST (raises SinkError, or TimeoutError after `timeout` s)."""
+        """The status of one POST (raises SinkError, or TimeoutError after `timeout` s).
+
+        A kept-alive connection the sink closed while idle (uvicorn after 5 s, many
+        servers sooner or later) fails before any reply: that request never reached it, so it
+        is sent once more on a new connection."""
         try:
             async with asyncio.timeout(self.timeout):
+                reused = self._streams is not None
+                try:
+                    return await self._exchange(headers, body)
+                except _Unanswered:
+                    self.close()
+                    if not reused:
+                        raise
                 return await self._exchange(headers, body)
         except (OSError, h11.ProtocolError, SinkError, TimeoutError) as exc:
             self.close()
@@ -55,23 +70,23 @@ class SinkClient:
         head = [("host", self.authority), ("content-length", str(len(body))),
                 *headers.items()]
         request = h11.Request(method="POST", target=self.target, headers=head)
-        writer.write(b"".join(conn.send(e) or b"" for e in (  # one write, one send(2)
-            request, h11.Data(data=body), h11.EndOfMessage())))
-        await writer.drain()
         status = 0
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                if not data and conn.their_state is not h11.SEND_BODY:
-                    raise SinkError("connection closed before the reply")
-                conn.receive_data(data)
-            elif isinstance(event, h11.Response):
-                status = event.status_code
-            elif isinstance(event, h11.EndOfMessage):
-                break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise SinkError("connection closed before the reply")
+        try:
+            writer.write(b"".join(conn.send(e) or b"" for e in (  # one write, one send(2)
+                request, h11.Data(data=body), h11.EndOfMessage())))
+            await writer.drain()
+            while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+                if event is h11.NEED_DATA:
+                    data = await reader.read(65536)
+                    if not data and conn.their_state is not h11.SEND_BODY:
+                        raise ConnectionResetError("closed before the reply")
+                    conn.receive_data(data)
+                elif isinstance(event, h11.Response):
+                    status = event.status_code
+                elif isinstance(event, h11.ConnectionClosed):
+                    raise ConnectionResetError("closed before the reply")
+        except OSError as exc:
+            raise (SinkError if status else _Unanswered)(type(exc).__name__) from exc
         if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
             self.close()
         else:

@@ -99,8 +99,36 @@ async def test_events_hold_whole_requests_and_the_queue_is_bounded() -> None:
 
 async def test_a_part_filled_event_waits_for_the_flush() -> None:
     payload, _ = logger(batch=5)
+    payload.start_on_loop()
     payload.log(Bundle(), ["a"], ["surge:pred:m:v1:" + "0" * 32],  # type: ignore[arg-type]
                 [Answered([("a", 1.0)], False)], time.perf_counter(), "r")
     assert payload._take(everything=False) == []
     assert len(payload._take(everything=True)) == 1
-    payload.close(timeout=0.5)
+    await payload.aclose(timeout=0.5)
+
+
+async def test_job_chunks_are_one_event_each() -> None:
+    payload, _ = logger(batch=500, pack=False)
+    payload.start_on_loop()  # its task does not run before the test awaits
+    for size in (100, 50):
+        payload.log(Bundle(), ["t"] * size, [f"surge:pred:m:v1:{i:032x}" for i in range(size)],  # type: ignore[arg-type]
+                    [Answered([("a", 1.0)], False)] * size, time.perf_counter(), "job:0")
+    sizes = [[len(g[3]) for g in payload._take(everything=False)] for _ in range(3)]
+    assert sizes == [[100], [50], []]
+    await payload.aclose(timeout=0.5)
+
+
+def test_the_sink_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    from common.settings import Settings
+
+    assert Settings().payload_url is None  # off by default
+    assert Settings(payload_sink="http://broker-ingress/ns/b").payload_url == (
+        "http://broker-ingress/ns/b")
+    assert Settings(payload_sink="k_sink").payload_url is None  # no SinkBinding: off
+    monkeypatch.setenv("K_SINK", "http://broker-ingress/ns/surgeserve")
+    assert Settings(payload_sink="K_SINK").payload_url == "http://broker-ingress/ns/surgeserve"
+    for wrong in ("broker", "ftp://x/"):
+        with pytest.raises(ValueError):
+            Settings(payload_sink=wrong)
+    with pytest.raises(ValueError):
+        Settings(payload_sample=1.5)
