@@ -1,9 +1,10 @@
 """Prediction events (payload logging, after KServe's InferenceService `logger`).
 
 Each sampled prediction request of the API, and each chunk of a job, is offered here once it
-is answered; a background thread sends the predictions to SURGE_PAYLOAD_SINK (a Knative
-Broker in the cluster) as binary-mode CloudEvents of type `dev.surgeserve.prediction` whose
-data is `{"predictions": [record, ...]}`, one record per text.
+is answered; a sender in the background (a task on the API's event loop, a thread in the
+worker) sends the predictions to SURGE_PAYLOAD_SINK (a Knative Broker in the cluster) as
+binary-mode CloudEvents of type `dev.surgeserve.prediction` whose data is
+`{"predictions": [record, ...]}`, one record per text.
 
 Several requests share one event (up to SURGE_PAYLOAD_BATCH predictions; a job chunk is
 always one event of its own): one HTTP request per prediction would cost more CPU than a
@@ -12,7 +13,7 @@ do the same, but a Knative Broker's ingress accepts only binary and structured m
 (knative/eventing#6797), so a batch is one ordinary event.
 
 It never slows or fails a reply: the answering path appends references to a bounded queue (no
-serialisation, no I/O); the thread builds and sends the events. A full queue drops (counted
+serialisation, no I/O); the sender builds and sends the events. A full queue drops (counted
 `dropped_full`), a sink that refuses, fails or does not answer within SEND_TIMEOUT_S loses that
 event (`failed`) and is left alone for a backoff, so a dead sink costs neither CPU nor memory.
 """
@@ -160,8 +161,8 @@ class PayloadLogger:
 
     def start_on_loop(self) -> None:
         """Send from a task on the running loop (the API's): a sender thread would take the
-        GIL from the loop in the middle of its requests (measured: cache-hit throughput
-        ~0.6 of off with a thread, bench_payload)."""
+        GIL from the loop in the middle of its requests, its work landing as pauses on the
+        requests in flight rather than between them."""
         self._wake_task = asyncio.Event()
         self._task = asyncio.get_running_loop().create_task(self._run_task(),
                                                             name="payload-sender")
