@@ -1,4 +1,4 @@
-"""The `surgeserve` command: serve, up, model build|info|bench."""
+"""The `surgeserve` command: serve, up, worker, drift, model build|info|bench."""
 
 from __future__ import annotations
 
@@ -76,6 +76,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return run_worker()
 
 
+def _cmd_drift(args: argparse.Namespace) -> int:
+    from online.drift import serve_drift
+
+    return serve_drift(args.port, args.host, window_s=args.window_s,
+                       reference_s=args.reference_s, min_count=args.min_count)
+
+
 def _cmd_submit(args: argparse.Namespace) -> int:
     from batch.client import submit
 
@@ -120,6 +127,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="a Celery worker for bulk jobs (SURGE_REDIS_URL)")
     worker.set_defaults(func=_cmd_worker)
+
+    drift = sub.add_parser("drift", help="drift consumer: a sink for prediction events that "
+                           "exports each model version's label mix and its drift")
+    drift.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")),
+                       help="listen port (default $PORT or 8080)")
+    drift.add_argument("--host", default="0.0.0.0")
+    drift.add_argument("--window-s", type=float, default=600,
+                       help="the current window (seconds)")
+    drift.add_argument("--reference-s", type=float, default=3600,
+                       help="the reference window, just before the current one (seconds)")
+    drift.add_argument("--min-count", type=int, default=200,
+                       help="predictions each window needs before a distance is exported")
+    drift.set_defaults(func=_cmd_drift)
 
     default_url = os.environ.get("SURGE_URL", "http://127.0.0.1:8080")
     submit = sub.add_parser("submit", help="submit a file (txt, csv, jsonl) as a bulk job")
