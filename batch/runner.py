@@ -21,6 +21,7 @@ from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache, RedisTier
 from common.metrics import WorkerMetrics
 from common.models import ModelSet
+from common.payload import SOURCE_JOBS, Answered, PayloadLogger
 from common.schemas import ranked_body
 from common.settings import Settings
 
@@ -51,6 +52,8 @@ class ChunkRunner:
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
         self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="model")
+        self.payload = PayloadLogger.from_settings(settings, self.metrics.payload_events,
+                                                   source=SOURCE_JOBS, pack=False)
 
     def run(self, job_id: str, chunk: int) -> ChunkOutcome:
         """Run one chunk; skipped when the job was cancelled, finished or expired."""
@@ -89,7 +92,7 @@ class ChunkRunner:
         texts = self.store.chunk_texts(job_id, chunk, job["chunk_size"])
         if not texts:  # the job ended meanwhile (its texts are freed when it ends)
             return ChunkOutcome(job_id, chunk, 0, 0, skipped=True)
-        ranked, cached = asyncio.run(self._predict(bundle, texts))
+        ranked, cached = asyncio.run(self._predict(bundle, texts, f"{job_id}:{chunk}"))
         base = chunk * job["chunk_size"]
         results = {base + i: ranked_body(r) for i, r in enumerate(ranked)}
         written = self.write(job_id, chunk, results, job["chunks"])
@@ -120,8 +123,9 @@ class ChunkRunner:
             time.sleep(delay)
             delay = min(5.0, delay * 2)
 
-    async def _predict(self, bundle: ModelBundle, texts: list[str],
+    async def _predict(self, bundle: ModelBundle, texts: list[str], request_id: str,
                        ) -> tuple[list[Ranked], int]:
+        started = time.perf_counter()
         cache = self._cache()
         try:
             keyed = [bundle.keyed(t) for t in texts]
@@ -134,7 +138,10 @@ class ChunkRunner:
             if cache is not None:
                 cache.store(fresh)  # online traffic benefits from batch work
                 await cache.flush()
-            return [found.get(k) or fresh[k] for k in keys], sum(k in found for k in keys)
+            answers = [Answered(found.get(k) or fresh[k], k in found) for k in keys]
+            if self.payload is not None:  # one event per chunk
+                self.payload.log(bundle, texts, keys, answers, started, request_id)
+            return [a.scores for a in answers], sum(a.cached for a in answers)
         finally:
             if cache is not None:
                 await cache.close()

@@ -1,18 +1,23 @@
 """Every Prometheus metric, declared once with a fixed label set, on a per-app registry.
 
-Three processes export them: the API (`Metrics`: HTTP, batcher, cache, model, and the jobs
-API's counters), and the Celery worker (`WorkerMetrics`: cache and chunk/job metrics, served
-on SURGE_WORKER_METRICS_PORT). Dashboards and alert rules in grafana/ name only these (a test
-scrapes both processes and checks).
+The processes export them: the API (`Metrics`: HTTP, batcher, cache, model, and the jobs
+API's counters), the Celery worker (`WorkerMetrics`: cache and chunk/job metrics, served
+on SURGE_WORKER_METRICS_PORT), and the drift consumer (`DriftMetrics`, `surgeserve drift`).
+Dashboards and alert rules in grafana/ name only these (a test scrapes the processes and
+checks).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from common.drift import DriftRow
 
 # Latency buckets from 1 ms to 30 s: cache hits sit at the bottom, queued misses in the middle.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -20,6 +25,20 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 # A chunk takes seconds; a whole job seconds to hours.
 CHUNK_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 JOB_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600)
+
+
+# Where a prediction offered to the payload sink ended (common/payload.py): the fixed set.
+PAYLOAD_OUTCOMES = ("sent", "failed", "dropped_full", "dropped_closed")
+
+
+def _payload_events(registry: CollectorRegistry) -> Counter:
+    """Both the API and the worker send prediction events."""
+    return Counter(
+        "surge_payload_events_total",
+        "Predictions offered to the payload sink (SURGE_PAYLOAD_SINK), by outcome: sent, failed "
+        "(the sink refused or did not answer), dropped_full (the queue was full), "
+        "dropped_closed (still queued at shutdown). Unsampled predictions are not counted.",
+        ["outcome"], registry=registry)
 
 
 class CacheMetrics:
@@ -88,6 +107,7 @@ class Metrics(CacheMetrics):
             "surge_model_load_seconds", "Seconds spent loading and warming the model.", registry=r)
         self.ready = Gauge(
             "surge_ready", "1 when /readyz answers 200.", registry=r)
+        self.payload_events = _payload_events(r)
         # Jobs API (mounted when SURGE_REDIS_URL is set).
         self.jobs_submitted = Counter(
             "surge_jobs_submitted_total", "Jobs created, by how they came (http, cloudevent).",
@@ -142,3 +162,46 @@ class WorkerMetrics(CacheMetrics):
         self.job_seconds = Histogram(
             "surge_job_duration_seconds", "Job time from submission to its last chunk.",
             buckets=JOB_BUCKETS, registry=r)
+        self.payload_events = _payload_events(r)
+
+
+class DriftMetrics:
+    """The drift consumer's families: what it received, and each model version's label mix
+    in the current and reference windows with their distance (read at each scrape)."""
+
+    def __init__(self, rows: Callable[[], Iterable[DriftRow]],
+                 registry: CollectorRegistry | None = None):
+        self.registry = registry or CollectorRegistry()
+        self.events = Counter(
+            "surge_drift_events_total",
+            "Prediction CloudEvents received by the drift consumer, by outcome (accepted, "
+            "rejected: malformed or another type).", ["outcome"], registry=self.registry)
+        self.registry.register(_DriftWindows(rows))
+
+
+class _DriftWindows(Collector):
+    def __init__(self, rows: Callable[[], Iterable[DriftRow]]):
+        self._rows = rows
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        count = GaugeMetricFamily(
+            "surge_drift_window_predictions",
+            "Predictions of a model version in the current and reference windows.",
+            labels=["model", "version", "window"])
+        share = GaugeMetricFamily(
+            "surge_drift_share", "Share of each label in the current and reference windows.",
+            labels=["model", "version", "window", "label"])
+        distance = GaugeMetricFamily(
+            "surge_drift_distance",
+            "Total variation distance between the current and reference label mix (0..1); "
+            "absent while either window holds too few predictions.",
+            labels=["model", "version"])
+        for row in self._rows():
+            for window, counts in (("current", row.current), ("reference", row.reference)):
+                total = sum(counts.values())
+                count.add_metric([row.model, row.version, window], total)
+                for label, n in sorted(counts.items()):
+                    share.add_metric([row.model, row.version, window, label], n / total)
+            if row.distance is not None:
+                distance.add_metric([row.model, row.version], row.distance)
+        yield from (count, share, distance)

@@ -159,6 +159,19 @@ class Settings(BaseSettings):
     drain_delay_s: float = Field(0.0, ge=0)
     shutdown_grace_s: float = Field(30.0, ge=0)
 
+    # Prediction events (common/payload.py): each sampled prediction request (a chunk, for
+    # jobs) becomes part of a `dev.surgeserve.prediction` CloudEvent sent to this URL (or,
+    # with "k_sink", to the K_SINK a SinkBinding injects). Unset: off. Sent in the background
+    # from a bounded queue: a slow or dead sink drops events (counted), never slows a reply.
+    payload_sink: str | None = None
+    payload_mode: Literal["request", "response", "all"] = "all"
+    payload_sample: float = Field(1.0, ge=0, le=1)
+    payload_text: bool = False  # the raw text in request/all events (else only its hash)
+    # Predictions per CloudEvent, at most (~330 bytes each without the text): each event
+    # costs the server a fixed ~0.3 ms, so fewer, larger events cost less (bench_payload).
+    payload_batch: int = Field(500, ge=1, le=5000)
+    payload_queue: int = Field(10_000, ge=1)  # predictions waiting to be sent, at most
+
     # Knative runtime contract (no prefix).
     k_service: str = Field("", validation_alias="K_SERVICE")
     k_revision: str = Field("", validation_alias="K_REVISION")
@@ -174,6 +187,13 @@ class Settings(BaseSettings):
                 return "off"
             if lowered in {"1", "true", "yes", "on", "enabled"}:
                 return "on"
+        return value
+
+    @field_validator("payload_sink")
+    @classmethod
+    def _payload_sink_spec(cls, value: str | None) -> str | None:
+        if value and value.strip().lower() != "k_sink" and not re.match(r"https?://[^/]", value):
+            raise ValueError("SURGE_PAYLOAD_SINK: an http(s) URL, or k_sink (use K_SINK)")
         return value
 
     @field_validator("api_keys")
@@ -220,6 +240,13 @@ class Settings(BaseSettings):
         return self.torch_threads or max(1, usable_cpus() // self.workers)
 
     @property
+    def payload_url(self) -> str | None:
+        """Where prediction events go: SURGE_PAYLOAD_SINK, or K_SINK when it says "k_sink"."""
+        if self.payload_sink and self.payload_sink.strip().lower() == "k_sink":
+            return self.k_sink or None
+        return self.payload_sink or None
+
+    @property
     def cache_enabled(self) -> bool:
         """Whether predictions are looked up in and written to the cache."""
         return self.cache == "on"
@@ -227,7 +254,7 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The settings as a dict safe to log: passwords in URLs are replaced by ***."""
         out = self.model_dump()
-        for key in ("cache_url", "redis_url", "k_sink"):
+        for key in ("cache_url", "redis_url", "k_sink", "payload_sink"):
             if out.get(key):
                 out[key] = mask_url(out[key])
         out["model_dir"] = str(out["model_dir"]) if out["model_dir"] else None

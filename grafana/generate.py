@@ -187,7 +187,34 @@ def online() -> dict[str, Any]:
                      f"[{RATE}]))", "legendFormat": "closed {{reason}}"}], "short",
             "Timeouts (headers, body, idle) and the connection cap (evicted, refused): "
             "slow or idle clients shed before they exhaust file descriptors."),
+        *prediction_events(),
     ])
+
+
+def prediction_events() -> list[dict[str, Any]]:
+    """Prediction events (SURGE_PAYLOAD_SINK) and the drift consumer (`surgeserve drift`)."""
+    return [
+        panel("Label drift by model version", [
+            {"expr": f"max by (model, version) (surge_drift_distance{{{NS}}})",
+             "legendFormat": "distance {{model}} {{version}}"},
+            {"expr": f'max by (model, version, label) '
+                     f'(surge_drift_share{{{NS}, window="current"}})',
+             "legendFormat": "share now {{label}} {{model}} {{version}}"},
+            {"expr": f'max by (model, version, label) '
+                     f'(surge_drift_share{{{NS}, window="reference"}})',
+             "legendFormat": "share before {{label}} {{model}} {{version}}"}], "percentunit",
+            "Total variation distance between the label mix of the last window and the "
+            "reference window before it; SurgePredictionDrift fires above 0.15."),
+        panel("Prediction events", [
+            {"expr": f"sum by (component, outcome) (rate(surge_payload_events_total{{{NS}}}"
+                     f"[{RATE}]))", "legendFormat": "{{component}} {{outcome}}"},
+            {"expr": f"sum by (outcome) (rate(surge_drift_events_total{{{NS}}}[{RATE}]))",
+             "legendFormat": "drift consumer: events {{outcome}}"},
+            {"expr": f"sum by (window) (surge_drift_window_predictions{{{NS}}})",
+             "legendFormat": "drift consumer: predictions in the {{window}} window"}], "short",
+            "Predictions sent to the payload sink per second by outcome (anything but sent is "
+            "lost: the sink refused, timed out, or the queue was full)."),
+    ]
 
 
 def jobs() -> dict[str, Any]:

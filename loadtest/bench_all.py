@@ -9,6 +9,7 @@
   simulator   python -m loadtest validate          simulated vs measured, one instance
   tuning      python -m loadtest tune              cheapest Knative settings per trace
   hardening   python -m loadtest.bench_hardening   overload at 4x capacity, 10-minute soak
+  payload     python -m loadtest.bench_payload     prediction events at sample 1.0 vs off
 """
 
 from __future__ import annotations
@@ -146,6 +147,13 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
          f"{_pct(soak['api_rss_growth'])} / {_pct(soak['worker_rss_growth'])}", "< 5%",
          f"{soak['rss_mb']}", hard),
     ]
+    for path in ("miss", "hit"):
+        cost = r["payload"][path]
+        out.append((f"prediction events at sample 1.0 / off, {path} path throughput",
+                    f"{cost['ratio']:.3f}", ">= 0.95",
+                    f"server CPU per request ratio {cost['cpu_ratio']:.3f}; "
+                    f"{cost['events']['sent']:.0f} predictions sent",
+                    "python -m loadtest.bench_payload"))
     for name, outcome in r["tuning"].items():
         best = outcome["best"]
         value = "none meets the SLO" if best is None else (
@@ -197,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     results["tuning"] = tuning(results["capacity"]["sweep"])
     for name, outcome in results["tuning"].items():
         print(f"-- {name}\n{explain(outcome)}", flush=True)
+    print("== prediction events: payload logging on vs off", flush=True)
+    results["payload"] = _module(out, "bench_payload")
     print("== hardening: overload and soak", flush=True)
     results["hardening"] = _module(out, "bench_hardening", "--soak-minutes",
                                    str(args.soak_minutes))

@@ -1,9 +1,10 @@
-"""The `surgeserve` command: serve, up, model build|info|bench."""
+"""The `surgeserve` command: serve, up, worker, drift, model build|info|bench."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,13 @@ def _cmd_worker(args: argparse.Namespace) -> int:
     return run_worker()
 
 
+def _cmd_drift(args: argparse.Namespace) -> int:
+    from online.drift import serve_drift
+
+    return serve_drift(args.port, args.host, window_s=args.window_s,
+                       reference_s=args.reference_s, min_count=args.min_count)
+
+
 def _client_cli(argv: list[str]) -> int:
     """`surgeserve submit ...` and `surgeserve job ...`: the client package's command line
     (surgeserve_client.cli, the `ssc` command), so there is one implementation."""
@@ -112,6 +120,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     worker = sub.add_parser("worker", help="a Celery worker for bulk jobs (SURGE_REDIS_URL)")
     worker.set_defaults(func=_cmd_worker)
+
+    drift = sub.add_parser("drift", help="drift consumer: a sink for prediction events that "
+                           "exports each model version's label mix and its drift")
+    drift.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")),
+                       help="listen port (default $PORT or 8080)")
+    drift.add_argument("--host", default="0.0.0.0")
+    drift.add_argument("--window-s", type=float, default=600,
+                       help="the current window (seconds)")
+    drift.add_argument("--reference-s", type=float, default=3600,
+                       help="the reference window, just before the current one (seconds)")
+    drift.add_argument("--min-count", type=int, default=200,
+                       help="predictions each window needs before a distance is exported")
+    drift.set_defaults(func=_cmd_drift)
 
     # Delegated whole to the client's command line (see main): listed here for --help.
     sub.add_parser("submit", add_help=False,

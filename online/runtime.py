@@ -14,6 +14,7 @@ from common.cache import PredictionCache, RedisTier
 from common.errors import NotReady, UnknownModel
 from common.metrics import Metrics
 from common.models import ModelSet
+from common.payload import SOURCE_ONLINE, PayloadLogger
 from common.settings import Settings
 from online.batcher import MicroBatcher
 from online.service import Limits, PredictionService
@@ -34,6 +35,7 @@ class Runtime:
     services: dict[str, PredictionService] = field(default_factory=dict)
     default: str | None = None
     cache: PredictionCache | None = None
+    payload: PayloadLogger | None = None
     draining: bool = False
     load_error: str | None = None
     _loader: asyncio.Task[None] | None = field(default=None, repr=False)
@@ -98,11 +100,15 @@ class Runtime:
         if s.cache_enabled:
             self.cache = PredictionCache(s.lru_size, RedisTier.from_settings(s, m), m)
         limits = Limits(s.max_text_chars, s.bulk_max_items, s.request_timeout_s)
+        self.payload = PayloadLogger.from_settings(s, m.payload_events, source=SOURCE_ONLINE)
+        if self.payload is not None:
+            self.payload.start_on_loop()
         services = {}
         for name, bundle in bundles.items():
             batcher = self._batcher(name, bundle)
             batcher.start()
-            services[name] = PredictionService(bundle, batcher, self.cache, m, limits)
+            services[name] = PredictionService(bundle, batcher, self.cache, m, limits,
+                                               self.payload)
             m.model_info.labels(bundle.name, bundle.version, s.k_service, s.k_revision,
                                 s.k_configuration).set(1)
         self.services, self.default = services, next(iter(bundles))
@@ -148,3 +154,5 @@ class Runtime:
             await service.batcher.stop()
         if self.cache is not None:
             await self.cache.close()
+        if self.payload is not None:  # after the batchers: their last answers are queued
+            await self.payload.aclose()

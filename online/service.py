@@ -14,6 +14,7 @@ from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache
 from common.errors import DeadlineExceeded, TooManyItems
 from common.metrics import Metrics
+from common.payload import PayloadLogger
 from common.textnorm import check_text
 from online.batcher import MicroBatcher
 
@@ -39,12 +40,14 @@ class PredictionService:
     """Cached, single-flight, micro-batched predictions for one model."""
 
     def __init__(self, bundle: ModelBundle, batcher: MicroBatcher[str, Ranked],
-                 cache: PredictionCache | None, metrics: Metrics, limits: Limits):
+                 cache: PredictionCache | None, metrics: Metrics, limits: Limits,
+                 payload: PayloadLogger | None = None):
         self.bundle = bundle
         self.batcher = batcher
         self.cache = cache
         self.metrics = metrics
         self.limits = limits
+        self.payload = payload  # prediction events (SURGE_PAYLOAD_SINK), None when off
         self._inflight: dict[str, asyncio.Future[Ranked]] = {}
         self._to_write: dict[str, Ranked] = {}
 
@@ -57,6 +60,7 @@ class PredictionService:
         if bulk and len(texts) > self.limits.bulk_max_items:
             raise TooManyItems(f"at most {self.limits.bulk_max_items} texts per request",
                                {"max_items": self.limits.bulk_max_items, "got": len(texts)})
+        started = time.perf_counter()
         keys, by_key = self._keys(texts, bulk=bulk)
         found = await self.cache.lookup(list(by_key)) if self.cache is not None else {}
         computed = await self._compute({k: t for k, t in by_key.items() if k not in found})
@@ -66,6 +70,8 @@ class PredictionService:
             ranked = found[key] if cached else computed[key]
             out.append(Prediction(ranked[0][0], ranked[0][1], ranked, cached))
             self.metrics.predictions.labels(self.bundle.name, ranked[0][0]).inc()
+        if self.payload is not None:
+            self.payload.log(self.bundle, texts, keys, out, started)
         return out
 
     def _keys(self, texts: list[str], *, bulk: bool) -> tuple[list[str], dict[str, str]]:

@@ -71,9 +71,13 @@ class LiveServer:
         with socket.socket() as sock:
             sock.bind(("127.0.0.1", 0))
             self.port = sock.getsockname()[1]
-        # the production configuration (connection limits included), on loopback
-        config = server_config(app, app.state.runtime.settings, host="127.0.0.1",
-                               port=self.port, timeout_graceful_shutdown=None)
+        runtime = getattr(app.state, "runtime", None)
+        if runtime is not None:  # the production configuration (connection limits included)
+            config = server_config(app, runtime.settings, host="127.0.0.1", port=self.port,
+                                   timeout_graceful_shutdown=None)
+        else:  # another app (the drift consumer): uvicorn's defaults
+            config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_config=None,
+                                    access_log=False, lifespan="on")
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.url = f"http://127.0.0.1:{self.port}"

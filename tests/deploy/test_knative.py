@@ -318,3 +318,44 @@ def test_the_dev_tag_and_the_version_tag_are_what_make_image_builds(built) -> No
     assert tags == {f"{IMAGE}:dev", f"{IMAGE}:{version}"}
     assert {c["image"] for c in surge_containers(built["dev"])} == {f"{IMAGE}:dev"}
     assert {c["image"] for c in surge_containers(built["base"])} == {f"{IMAGE}:{version}"}
+def test_prediction_events_reach_the_drift_consumer(built) -> None:
+    """knative/components/prediction-events (dev includes it, prod does not): the predictor's
+    SinkBinding, its payload settings, the Trigger for the prediction type, and the drift
+    consumer's command, probe and scrape port as the code has them."""
+    from starlette.testclient import TestClient
+
+    from common.drift import LabelWindows
+    from common.payload import EVENT_TYPE
+    from online.cli import build_parser
+    from online.drift import create_drift_app
+
+    docs = built["dev"]
+    binding = find(docs, "SinkBinding", "predictor-events")
+    assert binding["spec"]["subject"]["kind"] == "Service"
+    assert binding["spec"]["subject"]["name"] == "predictor"
+    assert binding["spec"]["sink"]["ref"] == {"apiVersion": "eventing.knative.dev/v1",
+                                              "kind": "Broker", "name": "surgeserve"}
+    for kind, name in (("Service", "predictor"), ("Deployment", "worker")):
+        (container,) = checks.containers(find(docs, kind, name))
+        env = {v["name"]: v.get("value") for v in container["env"]}
+        settings = Settings(payload_sink=env["SURGE_PAYLOAD_SINK"],  # type: ignore[call-arg]
+                            K_SINK="http://broker-ingress/ns/surgeserve")
+        assert settings.payload_url == "http://broker-ingress/ns/surgeserve", name
+
+    trigger = find(docs, "Trigger", "predictions-to-drift")
+    assert trigger["spec"]["filter"]["attributes"]["type"] == EVENT_TYPE
+    assert trigger["spec"]["broker"] == find(docs, "Broker", "surgeserve")["metadata"]["name"]
+    assert trigger["spec"]["subscriber"]["ref"]["name"] == "drift"
+    drift = find(docs, "Service", "drift")
+    (container,) = checks.containers(drift)
+    args = build_parser().parse_args(container["args"])
+    assert args.command == "drift" and args.port == container["ports"][0]["containerPort"]
+    meta = drift["spec"]["template"]["metadata"]["annotations"]
+    assert meta["prometheus.io/port"] == str(args.port)
+    assert annotation(drift, "min-scale") == annotation(drift, "max-scale") == "1"
+    with TestClient(create_drift_app(LabelWindows())) as client:
+        probe = container["readinessProbe"]["httpGet"]["path"]
+        assert client.get(probe).status_code == 200
+        assert client.post(trigger["spec"]["subscriber"]["uri"]).status_code == 415  # a sink
+        assert client.get(meta["prometheus.io/path"]).status_code == 200
+    assert not [d for d in built["prod"] if d["metadata"]["name"] == "drift"]  # opt-in

@@ -1,6 +1,6 @@
 """Every metric a dashboard or rule names is exported by the running services: the API on
-real uvicorn and a real worker process, scraped after exercising predictions, jobs (HTTP and
-CloudEvent) and the dead-letter sink."""
+real uvicorn, a real worker process and the drift consumer (fed by both's prediction events),
+scraped after exercising predictions, jobs (HTTP and CloudEvent) and the dead-letter sink."""
 
 from __future__ import annotations
 
@@ -15,11 +15,13 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from batch.store import DEAD_LETTERS
+from common.drift import LabelWindows
 from common.redis_server import free_port
+from online.drift import create_drift_app
 from tests.deploy import checks
-from tests.integration.test_jobs import jobs_api, jobs_redis, start_worker, wait_done
+from tests.integration.test_jobs import CHUNK, jobs_redis, start_worker, wait_done
 
-__all__ = ["jobs_api", "jobs_redis", "start_worker"]  # fixtures used by name
+__all__ = ["jobs_redis", "start_worker"]  # fixtures used by name
 
 
 def scrape(url: str, timeout: float = 60) -> str:
@@ -80,16 +82,22 @@ def exercise(client: httpx.Client, jobs_redis_url: str) -> None:
     assert kept[0]["data"] == {"texts": ["lost?"]}
 
 
-def test_dashboards_and_rules_name_only_exported_metrics(jobs_api, jobs_redis,
-                                                         start_worker) -> None:
-    port = free_port()
-    start_worker(SURGE_WORKER_METRICS_PORT=str(port))
-    worker_text = scrape(f"http://127.0.0.1:{port}/metrics")  # up before the work starts
-    exercise(jobs_api, jobs_redis.url)
-    api_text = jobs_api.get("/metrics").text
-    worker_text = scrape(f"http://127.0.0.1:{port}/metrics")
+def test_dashboards_and_rules_name_only_exported_metrics(make_app, live_server, jobs_redis,
+                                                         cache_redis, start_worker) -> None:
+    with live_server(create_drift_app(LabelWindows(min_count=1))) as drift:
+        app = make_app(redis_url=jobs_redis.url, cache_url=cache_redis.url,
+                       job_chunk_size=CHUNK, payload_sink=drift.url)
+        with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as api:
+            port = free_port()
+            start_worker(SURGE_WORKER_METRICS_PORT=str(port), SURGE_PAYLOAD_SINK=drift.url)
+            worker_text = scrape(f"http://127.0.0.1:{port}/metrics")  # up before the work
+            exercise(api, jobs_redis.url)
+            api_text = api.get("/metrics").text
+            worker_text = scrape(f"http://127.0.0.1:{port}/metrics")
+        drift_text = _drift_after(drift.url, 4 + 150 + 2)  # predictions + job items
 
-    exported = checks.families(api_text) | checks.families(worker_text)
+    exported = (checks.families(api_text) | checks.families(worker_text)
+                | checks.families(drift_text))
     queries, recorded = checks.rule_queries(_yaml(checks.RULES))
     for path in sorted((checks.GRAFANA / "dashboards").glob("*.json")):
         queries += checks.dashboard_queries(json.loads(path.read_text()))
@@ -111,6 +119,24 @@ def test_dashboards_and_rules_name_only_exported_metrics(jobs_api, jobs_redis,
     assert sample(worker_text, "surge_jobs_finished_total", status="succeeded") == 2
     assert sample(worker_text, "surge_job_duration_seconds_count") == 2
     assert sample(worker_text, "surge_job_chunks_total", outcome="done") == 3  # 100 + 50, 2
+    assert sample(api_text, "surge_payload_events_total", outcome="sent") >= 1
+    assert sample(worker_text, "surge_payload_events_total", outcome="sent") >= 1
+    assert sample(drift_text, "surge_drift_events_total", outcome="accepted") >= 2
+
+
+def _drift_after(url: str, predictions: int, timeout: float = 20) -> str:
+    """The drift consumer's metrics once it has counted `predictions` (events arrive in
+    the background, up to half a second after the answers)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = scrape(f"{url}/metrics")
+        counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                      if line.startswith("surge_drift_window_predictions{"))
+        if counted == predictions:
+            return text
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the drift consumer counted {counted} of {predictions}")
+        time.sleep(0.2)
 
 
 def _yaml(path: Path) -> dict:  # type: ignore[type-arg]
