@@ -9,12 +9,15 @@ from __future__ import annotations
 
 # The claim of an idempotency key and the job it names, created together: a concurrent
 # duplicate finds either nothing (and creates) or the finished claim and its job (and returns
-# them). A key whose job expired is taken over.
-# KEYS: job hash, texts, active index[, idempotency key]
-# ARGV: job id, ttl, score (creation time), body fingerprint, job fields (name, value)...
+# them). A key whose job expired is taken over. The texts and the items' ids were written
+# before (under the new id, briefly kept): here they get the job's retention, and the job goes
+# on its owner's list (newest OWNER_INDEX_KEEP kept), all in the same step.
+# KEYS: job hash, texts, ids, active index, owner index ('' for none)[, idempotency key]
+# ARGV: job id, ttl, score (creation time), body fingerprint, owner index bound,
+#       job fields (name, value)...
 CREATE = """
-if #KEYS == 4 then
-  local held = redis.call('GET', KEYS[4])
+if #KEYS == 6 then
+  local held = redis.call('GET', KEYS[6])
   if held then
     local sep = string.find(held, ' ', 1, true)
     local id = sep and string.sub(held, 1, sep - 1) or held
@@ -22,12 +25,18 @@ if #KEYS == 4 then
       return {id, sep and string.sub(held, sep + 1) or ''}
     end
   end
-  redis.call('SET', KEYS[4], ARGV[1] .. ' ' .. ARGV[4], 'EX', ARGV[2])
+  redis.call('SET', KEYS[6], ARGV[1] .. ' ' .. ARGV[4], 'EX', ARGV[2])
 end
-redis.call('HSET', KEYS[1], unpack(ARGV, 5))
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('EXPIRE', KEYS[2], ARGV[2])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[1])
+redis.call('EXPIRE', KEYS[3], ARGV[2])
+redis.call('ZADD', KEYS[4], ARGV[3], ARGV[1])
+if KEYS[5] ~= '' then
+  redis.call('ZADD', KEYS[5], ARGV[3], ARGV[1])
+  redis.call('ZREMRANGEBYRANK', KEYS[5], 0, -tonumber(ARGV[5]) - 1)
+  redis.call('EXPIRE', KEYS[5], ARGV[2])
+end
 return {ARGV[1], ARGV[4]}
 """
 

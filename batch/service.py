@@ -6,7 +6,6 @@ import asyncio
 import functools
 import json
 import logging
-import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -128,8 +127,8 @@ class JobService:
         job, created = await self._call(
             self.store.create, texts, chunk_size=self.settings.job_chunk_size,
             model=model or "", version="pending", idempotency_key=idempotency_key,
-            owner=owner or "", kind=source, ids=ids)
-        await self._beside(job, created, ids, owner)
+            owner=owner or "", kind=source, ids=ids,
+            listed=bool(owner or self.settings.jobs_list_anonymous))
         if created:
             try:
                 await self._call(self._enqueue, job["id"], job["chunks"])
@@ -150,15 +149,6 @@ class JobService:
         return await self._call(self.store.replay, texts, model=model or "",
                                 idempotency_key=idempotency_key, owner=owner or "",
                                 kind=source, ids=ids)
-
-    async def _beside(self, job: dict[str, Any], created: bool, ids: ItemIds | None,
-                      owner: str | None) -> None:
-        """The ids and the owner's index, written beside the job, each idempotently, so a
-        replay after a crash between the steps completes them."""
-        if ids is not None and (created or not await self._call(self.store.has_ids, job["id"])):
-            await self._call(self.store.write_ids, job["id"], ids)
-        if owner or self.settings.jobs_list_anonymous:
-            await self._call(self.store.index_owner, owner or "", job["id"], time.time())
 
     def _admit(self, texts: list[str], ids: ItemIds | None = None) -> None:
         self.gate.admit(job_bytes(texts) + ids_bytes(ids))

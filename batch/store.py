@@ -11,7 +11,8 @@ retention.
 Unfinished jobs: `surge:jobs:active`, a sorted set job id -> creation time, left when a job
 ends; the sweeper (batch/sweeper.py) walks it to find chunks the broker lost.
 Caller ids: `<id>:ids`, a hash index -> the item's id as JSON (items without one have no
-field), written beside the job (idempotent) and joined to results as they are read.
+field), written with the texts and kept by the script that creates the job; joined to
+results as they are read.
 Each owner's jobs: `surge:jobs:owner:<hash of the owner>`, a sorted set job id -> creation
 time (epoch s), newest OWNER_INDEX_KEEP only, entries older than the retention time dropped,
 the key itself expiring with the newest job; `GET /v1/jobs` reads it.
@@ -130,10 +131,11 @@ class JobStore:
 
     def create(self, texts: list[str], *, chunk_size: int, model: str, version: str,
                idempotency_key: str | None = None, owner: str = "", kind: str = "http",
-               ids: list[Any] | None = None) -> tuple[dict[str, Any], bool]:
+               ids: list[Any] | None = None, listed: bool = False,
+               ) -> tuple[dict[str, Any], bool]:
         """A new queued job, or the existing one for this idempotency key (created=False);
         IdempotencyKeyReused when the key named a different body. The items' `ids` count in
-        the body; they are stored by write_ids."""
+        the body and are stored with it; `listed` puts the job on its owner's list."""
         idem = fingerprint = None
         if idempotency_key:
             idem = idem_key(kind, owner, idempotency_key)
@@ -143,16 +145,18 @@ class JobStore:
                                   owner=owner, kind=kind, ids=ids):
                 return job, False
         job_id = secrets.token_urlsafe(16)  # unguessable: the id is the capability to read
-        self._write_texts(job_id, texts)
+        self._write_texts(job_id, texts, ids)
         meta: dict[str, Any] = {
             "id": job_id, "status": QUEUED, "total": len(texts), "chunk_size": chunk_size,
             "chunks": (len(texts) + chunk_size - 1) // chunk_size, "created_at": _now(),
             "model": model, "version": version, "owner": owner}
-        keys = [_key(job_id), _key(job_id, "texts"), ACTIVE, *([idem] if idem else [])]
+        keys = [_key(job_id), _key(job_id, "texts"), _key(job_id, "ids"), ACTIVE,
+                owner_key(owner) if listed else "", *([idem] if idem else [])]
         fields = [str(v) for pair in meta.items() for v in pair]
         try:
             winner, held_print = self._create(
-                keys=keys, args=[job_id, self.ttl_s, time.time(), fingerprint or "", *fields])
+                keys=keys, args=[job_id, self.ttl_s, time.time(), fingerprint or "",
+                                 OWNER_INDEX_KEEP, *fields])
         except redis.RedisError:
             self._drop_texts(job_id)
             raise
@@ -162,7 +166,7 @@ class JobStore:
             if job is None:  # that job expired this very moment: claim the key again
                 return self.create(texts, chunk_size=chunk_size, model=model, version=version,
                                    idempotency_key=idempotency_key, owner=owner, kind=kind,
-                                   ids=ids)
+                                   ids=ids, listed=listed)
             return job, False
         return self.get(job_id) or meta, True
 
@@ -173,16 +177,22 @@ class JobStore:
         held = self.redis.get(idem_key(kind, owner, idempotency_key))
         return self._replay(str(held), body_fingerprint(texts, model, ids)) if held else None
 
-    def _write_texts(self, job_id: str, texts: list[str]) -> None:
+    def _write_texts(self, job_id: str, texts: list[str], ids: list[Any] | None) -> None:
+        """The texts and the items' ids (index -> id as JSON; items without one have none),
+        under a job id no one knows yet, kept PENDING_TEXTS_TTL_S until the job is created."""
+        named = [(str(k), json.dumps(i)) for k, i in enumerate(ids or []) if i is not None]
         with self.redis.pipeline(transaction=True) as pipe:  # all or none (a full Redis)
             for start in range(0, len(texts), 10_000):
                 pipe.rpush(_key(job_id, "texts"), *texts[start : start + 10_000])
-            pipe.expire(_key(job_id, "texts"), PENDING_TEXTS_TTL_S)
+            for start in range(0, len(named), 10_000):
+                pipe.hset(_key(job_id, "ids"), mapping=dict(named[start : start + 10_000]))
+            for part in ("texts", "ids"):
+                pipe.expire(_key(job_id, part), PENDING_TEXTS_TTL_S)
             pipe.execute()
 
     def _drop_texts(self, job_id: str) -> None:
         with contextlib.suppress(redis.RedisError):  # else they expire (PENDING_TEXTS_TTL_S)
-            self.redis.delete(_key(job_id, "texts"))
+            self.redis.delete(_key(job_id, "texts"), _key(job_id, "ids"))
 
     def _replay(self, held: str, fingerprint: str | None) -> dict[str, Any] | None:
         """The job an idempotency key names (None: expired); a different body is refused."""
@@ -340,30 +350,6 @@ class JobStore:
             raw, ids = pipe.execute()
         return [{"index": offset + k, "id": json.loads(i) if i else None} | json.loads(r)
                 for k, (r, i) in enumerate(zip(raw, ids, strict=True)) if r]
-
-    def write_ids(self, job_id: str, ids: list[Any]) -> None:
-        """Store the items' ids (None: no id); idempotent. They expire with the job."""
-        pairs = {str(k): json.dumps(i) for k, i in enumerate(ids) if i is not None}
-        items = list(pairs.items())
-        with self.redis.pipeline(transaction=True) as pipe:
-            for start in range(0, len(items), 10_000):
-                pipe.hset(_key(job_id, "ids"), mapping=dict(items[start : start + 10_000]))
-            pipe.expire(_key(job_id, "ids"), self.ttl_s)
-            pipe.execute()
-
-    def has_ids(self, job_id: str) -> bool:
-        """Whether the job's ids were written."""
-        return bool(self.redis.exists(_key(job_id, "ids")))
-
-    def index_owner(self, owner: str, job_id: str, created: float) -> None:
-        """List the job among its owner's (idempotent: a replay keeps its first time)."""
-        key = owner_key(owner)
-        with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zadd(key, {job_id: created}, nx=True)
-            pipe.zremrangebyscore(key, "-inf", f"({time.time() - self.ttl_s}")
-            pipe.zremrangebyrank(key, 0, -OWNER_INDEX_KEEP - 1)
-            pipe.expire(key, self.ttl_s)
-            pipe.execute()
 
     def owned(self, owner: str, offset: int, limit: int) -> tuple[list[dict[str, Any]], int]:
         """A page of the owner's jobs, newest first, and how many the index holds."""
