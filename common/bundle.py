@@ -57,7 +57,7 @@ class ModelBundle:
 
     @property
     def precision(self) -> str:
-        """The engine's numeric precision (fp32, bf16, int8)."""
+        """The engine's numeric precision (fp32, bf16)."""
         return str(getattr(self.engine, "precision", "fp32"))
 
     @property

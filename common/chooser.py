@@ -64,16 +64,16 @@ def cpu_key(info: dict[str, Any] | None = None) -> str:
     return hashlib.blake2b(blob, digest_size=6).hexdigest()
 
 
-def candidates(cpus: int, *, full: bool, artifact: Path) -> list[Spec]:
+def candidates(cpus: int, *, full: bool) -> list[Spec]:
     """What to measure: ONNX Runtime fp32 first (the baseline), then OpenVINO at every
     precision this CPU computes in. One stream per core, each on one thread; with `full`
     also one stream on every core (and ONNX Runtime's)."""
     layouts = [(cpus, 1)] + ([(1, cpus)] if full and cpus > 1 else [])
     specs = [Spec("onnx", "fp32", s, t) for s, t in layouts]
     try:
-        from common.engines.openvino import INT8_MODEL, precisions
+        from common.engines.openvino import precisions
 
-        found = precisions() + (["int8"] if (artifact / INT8_MODEL).is_file() else [])
+        found = precisions()
     except ImportError:
         log.info("openvino is not installed: measuring ONNX Runtime only")
         found = []
@@ -215,7 +215,7 @@ def measure(artifact: Path, meta: dict[str, Any], *, full: bool, max_tokens: int
     gold = ([labels.index(g) for g in guard["labels"][: len(texts)]]
             if guard.get("labels") else None)
     rounds = rounds or (2 if full else 1)
-    results = [Measured(spec) for spec in candidates(usable_cpus(), full=full, artifact=artifact)]
+    results = [Measured(spec) for spec in candidates(usable_cpus(), full=full)]
     for number in range(rounds):
         # The first round runs every guard text (the answers); later ones time a part.
         # Today's engine goes last: CPU the rest of a starting process burns meanwhile

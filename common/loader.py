@@ -34,7 +34,7 @@ class EngineRequest:
     """What the settings ask of the engine; "auto" / None leave it to the measurement."""
 
     engine: str = "auto"  # auto | onnx | openvino | transformers
-    precision: str = "auto"  # auto | fp32 | bf16 | int8
+    precision: str = "auto"  # auto | fp32 | bf16
     streams: int | None = None
     threads: int | None = None  # per stream
     measure: bool = True  # measure at load when nothing is recorded for this CPU

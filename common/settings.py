@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     # The engine (common/engines): auto = the fastest measured on this CPU that passes the
     # accuracy guard (README, Engines); the others force one. Precision likewise.
     engine: Literal["auto", "onnx", "openvino", "transformers"] = "auto"
-    precision: Literal["auto", "fp32", "bf16", "int8"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
     # Model worker threads = engine streams, each running whole batches, and threads per
     # stream. Unset: what was measured fastest (else one stream per usable CPU, one thread).
     model_workers: int | None = Field(None, ge=1, le=64)

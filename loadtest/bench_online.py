@@ -286,13 +286,16 @@ def engines_table(engines: dict[str, Any]) -> str:
     cpu = engines["cpu"]
     lines = [f"CPU: {cpu['model']} ({cpu['cpus']} usable cores; flags: "
              f"{' '.join(cpu['flags'])})",
-             f"{'candidate':<24}{'sorted':>9}{'arrival':>9}  guard (held-out accuracy; fp32 "
-             f"{engines.get('fp32_accuracy')})"]
+             "texts/s: wall clock (best of the rounds) | CPU-time based (texts per process "
+             "CPU-second x cores: steadier on a shared machine)",
+             f"{'candidate':<24}{'sorted':>9}{'arrival':>9} |{'sorted':>8}{'arrival':>9}  "
+             f"guard (held-out accuracy; fp32 {engines.get('fp32_accuracy')})"]
     for label, row in engines["candidates"].items():
         if "error" in row:
             lines.append(f"{label:<24}  failed: {row['error']}")
             continue
-        lines.append(f"{label:<24}{row['sorted']:>9}{row['arrival']:>9}  "
+        lines.append(f"{label:<24}{row['sorted']:>9}{row['arrival']:>9} |"
+                     f"{row.get('sorted_cpu_based'):>8}{row.get('arrival_cpu_based'):>9}  "
                      f"{row.get('guard')} ({row.get('accuracy')})")
     best = engines.get("best")
     lines.append(f"best raw: {best and best['label']} {best and best['arrival']} texts/s "
@@ -375,6 +378,7 @@ def report(results: dict[str, Any]) -> str:
         ("CPU", cpu["model"], "", f"{cpu['cpus']} usable cores; flags {' '.join(cpu['flags'])}"),
         *[(f"raw {label}: sorted / arrival-order batches of {r['max_batch_size']}",
            f"{row.get('sorted')} / {row.get('arrival')} texts/s", "",
+           f"CPU-time based {row.get('sorted_cpu_based')} / {row.get('arrival_cpu_based')}; "
            f"guard: {row.get('guard', row.get('error'))}")
           for label, row in r["engines"]["candidates"].items()],
         ("miss path / best raw (cache off, 32 clients, distinct texts)",

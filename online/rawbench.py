@@ -75,7 +75,7 @@ def candidates(texts: list[str], batch_size: int, path: Path | None, rounds: int
     verdicts = {c["label"]: c for c in record.get("candidates", [])}
     rows: dict[str, dict[str, Any]] = {}
     for _ in range(rounds):
-        for spec in specs_for(usable_cpus(), full=True, artifact=artifact):
+        for spec in specs_for(usable_cpus(), full=True):
             row = rows.setdefault(spec.label, {"spec": spec.as_dict(), "arrival": 0.0,
                                                "sorted": 0.0})
             try:

@@ -17,7 +17,7 @@ from typing import Any, Protocol
 import numpy as np
 
 ENGINES = ("onnx", "openvino", "transformers")
-PRECISIONS = ("fp32", "bf16", "int8")
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass(frozen=True)

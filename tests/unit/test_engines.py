@@ -116,7 +116,7 @@ def test_guard_rejects_a_broken_candidate(default_model_dir: Path, home: Path,
                                           monkeypatch: pytest.MonkeyPatch) -> None:
     broken = Spec("onnx", "int8", 2, 1)
 
-    def candidates(cpus: int, *, full: bool, artifact: Path) -> list[Spec]:
+    def candidates(cpus: int, *, full: bool) -> list[Spec]:
         return [Spec("onnx", "fp32", cpus, 1), broken]
 
     def opener(spec: Spec, artifact: Path, meta: dict[str, Any], max_tokens: int) -> Any:
