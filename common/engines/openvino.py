@@ -67,10 +67,18 @@ class OpenVinoEngine(RustEncoder):
 
     def logits(self, batch_ids: list[list[int]]) -> np.ndarray:
         """One forward pass on a free infer request (waits for one: `streams` at once)."""
+        import openvino as ov
+
         input_ids, mask = pad_batch(batch_ids, self.pad_id)
         request = self._idle.get()
         try:
-            request.infer({"input_ids": input_ids, "attention_mask": mask})
+            # Tensors that own a copy of the inputs, set whole: `infer(dict)` resizes the
+            # request's own tensors and copies into them in Python, and with two streams that
+            # deadlocked (both model threads stuck in the input dispatch) within a minute of
+            # small passes here.
+            request.set_tensor("input_ids", ov.Tensor(input_ids))
+            request.set_tensor("attention_mask", ov.Tensor(mask))
+            request.infer()
             return np.array(request.get_output_tensor(0).data, dtype=np.float32)
         finally:
             self._idle.put(request)
