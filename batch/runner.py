@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 import redis
 
 from batch.store import FINAL, JobStore, is_out_of_memory
-from common.bundle import ModelBundle, Ranked
+from common.bundle import ModelBundle, Ranked, serving_batching
 from common.cache import PredictionCache, RedisTier
 from common.metrics import WorkerMetrics
 from common.models import ModelSet
@@ -51,7 +51,8 @@ class ChunkRunner:
         self.store = store
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
-        self._pool = ThreadPoolExecutor(settings.workers, thread_name_prefix="model")
+        # Sized for any model's streams; threads start only as they are used.
+        self._pool = ThreadPoolExecutor(64, thread_name_prefix="model")
         self.payload = PayloadLogger.from_settings(settings, self.metrics.payload_events,
                                                    source=SOURCE_JOBS, pack=False)
 
@@ -147,15 +148,15 @@ class ChunkRunner:
                 await cache.close()
 
     def _predict_parallel(self, bundle: ModelBundle, texts: list[str]) -> list[Ranked]:
-        """The chunk split over the model worker threads (the online path's layout: N threads
-        with 1 intra-op thread each was measured fastest); interleaved slices keep the
-        length mix of each slice alike."""
-        workers = min(self.settings.workers, max(1, len(texts)))
+        """The chunk split over the engine's streams (the online path's layout, the engine
+        the chooser measured fastest); interleaved slices keep the length mix of each slice
+        alike, and each slice is sorted as a whole (tighter passes than online batches)."""
+        workers = min(self.settings.model_workers or bundle.streams, max(1, len(texts)))
         slices = [texts[k::workers] for k in range(workers)]
+        cut = serving_batching(bundle, self.settings)
 
         def run(part: list[str]) -> list[Ranked]:
-            return bundle.predict(part, self.settings.max_batch_size,
-                                  self.settings.max_forward_tokens, self.settings.max_padding)
+            return bundle.predict(part, cut.max_batch, cut.max_forward_tokens, cut.max_padding)
 
         parts = list(self._pool.map(run, slices))
         out: list[Ranked] = [[] for _ in texts]

@@ -1,14 +1,21 @@
-"""Compiled artifacts: a verified ONNX export + the Rust tokenizer, served by ONNX Runtime.
+"""Compiled artifacts: a verified ONNX export + the Rust tokenizer, and what was measured on it.
 
 Measured on these 2-core machines (README, Benchmarks): `import torch` alone is 1.3–4 s of a
-cold start and importing transformers + `from_pretrained` another ~3 s; ONNX Runtime imports
-and opens the same model in ~0.5 s, the process holds ~160 MB instead of ~390 MB, and it runs
-~25% more texts/s than a TorchScript trace of the model. Serving from the artifact imports
-neither torch nor transformers.
+cold start and importing transformers + `from_pretrained` another ~3 s; ONNX Runtime and
+OpenVINO import and open the same model in ~0.5 s, and the process holds far less memory.
+Serving from the artifact imports neither torch nor transformers.
 
 An export can go wrong silently, so compiling *verifies* it against the eager model on padded
 and unpadded batches of several shapes, and the Rust tokenizer against the HF tokenizer; on any
 mismatch nothing is written and serving stays on the eager (transformers) path.
+
+The artifact lives under the model home, named by the weights hash:
+  model.onnx, tokenizer.json   what the engines run
+  compiled.json                labels, limits, and the weights it was compiled from
+                               (hash + file stats: the cheap identity check at load)
+  guard.json                   held-out texts, with their labels when the model has them: what
+                               the accuracy guard runs every candidate on
+  choices.json                 per CPU: every candidate engine measured, the winner
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import re
 import shutil
 import tempfile
@@ -26,15 +34,12 @@ from typing import Any
 
 import numpy as np
 
-from common.bundle import (
-    HFBackend,
-    ModelBundle,
-    load_eager,
-    pad_batch,
-    read_manifest,
-    weights_hash,
-)
+from common.engines import Spec, pad_batch, rust_tokenizer
+from common.engines.onnx import session
+from common.engines.torch import TorchEngine, is_uncased, labels_of
+from common.engines.torch import open_engine as open_torch
 from common.errors import ModelNotFound
+from common.identity import read_manifest, weights_hash, weights_stat
 from common.settings import default_model_home
 
 log = logging.getLogger(__name__)
@@ -42,9 +47,10 @@ log = logging.getLogger(__name__)
 META = "compiled.json"
 MODEL = "model.onnx"
 TOKENIZER = "tokenizer.json"
+GUARD = "guard.json"
 FORMAT = "onnx-1"  # bump when the artifact layout changes: old artifacts are then ignored
 # Probe texts: short, long, mixed; padded batches and a batch with no padding at all.
-_PROBES = [
+PROBES = [
     ["ok"],
     ["short one", "a much longer sentence with quite a few more tokens than the other one"] * 3,
     ["same length a", "same length b", "same length c"],
@@ -60,53 +66,37 @@ def _quiet_export() -> Iterator[None]:
         yield
 
 
-def compiled_dir(version: str) -> Path:
-    """Where the artifact for a model version lives."""
-    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{version}-{FORMAT}")
+def compiled_dir(weights: str) -> Path:
+    """Where the artifact for these weights (their hash) lives."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{weights}-{FORMAT}")
     return default_model_home() / "compiled" / safe
 
 
-class OnnxBackend:
-    """An ONNX Runtime session and a `tokenizers.Tokenizer`: no torch at serve time."""
-
-    kind = "onnx"
-
-    def __init__(self, session: Any, tokenizer: Any, pad_id: int):
-        self.session = session
-        self.tokenizer = tokenizer
-        self.pad_id = pad_id
-
-    def encode(self, texts: list[str]) -> list[list[int]]:
-        """Token ids via the Rust tokenizer (truncation set at load)."""
-        return [e.ids for e in self.tokenizer.encode_batch(texts, add_special_tokens=True)]
-
-    def logits(self, batch_ids: list[list[int]]) -> np.ndarray:
-        """One forward pass (ONNX Runtime sessions are safe to run from several threads)."""
-        input_ids, mask = pad_batch(batch_ids, self.pad_id)
-        out = self.session.run(None, {"input_ids": input_ids, "attention_mask": mask})
-        return np.asarray(out[0])
+def read_meta(where: Path) -> dict[str, Any] | None:
+    """The artifact's compiled.json when it is one of this format, else None."""
+    try:
+        meta = dict(json.loads((where / META).read_text()))
+    except (OSError, ValueError):
+        return None
+    return meta if meta.get("format") == FORMAT else None
 
 
-def _session(file: Path, threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads or 1
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(file), options, providers=["CPUExecutionProvider"])
-
-
-def _rust_tokenizer(file: Path, max_tokens: int) -> Any:
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(file))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_tokens)
-    return tokenizer
+def write_json(file: Path, data: Any) -> bool:
+    """Write atomically (a reader never sees half a file); False where it cannot be written
+    (a read-only image: then what was measured is used, not kept)."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{file.name}-", dir=file.parent)
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide it from a non-root server
+        with os.fdopen(fd, "w") as handle:
+            handle.write(json.dumps(data, indent=2) + "\n")
+        os.replace(tmp, file)
+    except OSError as exc:
+        log.warning("could not write %s (%s); kept in memory only", file, exc)
+        return False
+    return True
 
 
-def _export(backend: HFBackend, target: Path) -> None:
+def _export(engine: TorchEngine, target: Path) -> None:
     import torch
 
     class LogitsOnly(torch.nn.Module):
@@ -114,14 +104,14 @@ def _export(backend: HFBackend, target: Path) -> None:
 
         def __init__(self) -> None:
             super().__init__()
-            self.model = backend.model
+            self.model = engine.model
 
         def forward(self, input_ids: Any, attention_mask: Any) -> Any:
             extra = ({"token_type_ids": torch.zeros_like(input_ids)}
-                     if backend.uses_token_types else {})
+                     if engine.uses_token_types else {})
             return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).logits
 
-    ids, mask = pad_batch(backend.encode(_PROBES[1]), backend.pad_id)
+    ids, mask = pad_batch(engine.encode(PROBES[1]), engine.pad_id)
     batch, length = torch.export.Dim("batch", min=1, max=4096), torch.export.Dim("length",
                                                                                   max=8192)
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision not installed" etc.
@@ -137,27 +127,31 @@ def _export(backend: HFBackend, target: Path) -> None:
 
 
 def compile_model(path: Path, *, max_tokens: int = 512) -> Path:
-    """Export, verify and write the artifact for the model in `path`; returns its directory."""
+    """Export, verify and write the artifact for the model in `path`; returns its directory.
+    (`common.chooser.choose` then measures the engines on it.)"""
     path = Path(path)
     manifest = read_manifest(path)
-    version = str(manifest.get("version") or weights_hash(path))
-    eager = load_eager(path, version, manifest, max_tokens=max_tokens)
-    backend = eager.backend
-    assert isinstance(backend, HFBackend)
+    weights = weights_hash(path)
+    eager = open_torch(path, Spec("transformers", "fp32", 1, os.cpu_count() or 1), max_tokens)
     if not (path / TOKENIZER).is_file():
         raise ModelNotFound(f"{path} has no {TOKENIZER} (a fast tokenizer is needed to compile)")
-    target = compiled_dir(version)
+    target = compiled_dir(weights)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".compiling-", dir=target.parent))
     try:
-        _export(backend, staging / MODEL)
+        _export(eager, staging / MODEL)
         shutil.copy(path / TOKENIZER, staging / TOKENIZER)
-        _verify(backend, _rust_tokenizer(staging / TOKENIZER, eager.max_tokens),
-                _session(staging / MODEL, 1))
-        meta = {"format": FORMAT, "name": eager.name, "version": version,
-                "labels": eager.labels, "lowercase": eager.lowercase,
-                "max_tokens": eager.max_tokens, "pad_id": backend.pad_id, "source": str(path)}
+        _verify(eager, rust_tokenizer(staging / TOKENIZER, eager.max_tokens),
+                session(staging / MODEL, 1))
+        labels = labels_of(eager)
+        meta = {"format": FORMAT, "name": manifest.get("name") or path.name,
+                "version": str(manifest.get("version") or weights), "labels": labels,
+                "lowercase": is_uncased(eager), "max_tokens": eager.max_tokens,
+                "pad_id": eager.pad_id, "source": str(path),
+                "weights": {"hash": weights, "stat": weights_stat(path)}}
         (staging / META).write_text(json.dumps(meta, indent=2) + "\n")
+        (staging / GUARD).write_text(json.dumps(guard_set(path, manifest)) + "\n")
+        staging.chmod(0o755)  # mkdtemp's 0700 would hide it from a non-root server (image)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)
@@ -166,38 +160,38 @@ def compile_model(path: Path, *, max_tokens: int = 512) -> Path:
     return target
 
 
-def _verify(backend: HFBackend, rust: Any, session: Any) -> None:
-    for texts in _PROBES:
-        hf_ids = backend.encode(texts)
+def guard_set(path: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """The texts the accuracy guard runs: the model's held-out split with its labels when the
+    manifest names how it was trained (the default model), else unlabelled corpus snippets
+    (agreement with fp32 only), else the probes. Kept in the artifact, so a server measuring
+    on a new CPU needs neither the corpus nor transformers."""
+    try:
+        if isinstance(manifest.get("training"), dict):
+            from common.corpus import LABELS
+            from common.training import TrainConfig, heldout_examples
+
+            examples = heldout_examples(TrainConfig(**manifest["training"]))
+            return {"source": "held-out split", "texts": [e.text for e in examples],
+                    "labels": [LABELS[e.label] for e in examples]}
+        from common.corpus import snippets
+
+        return {"source": "corpus snippets (unlabelled)", "texts": snippets(2000),
+                "labels": None}
+    except (ModelNotFound, TypeError, OSError) as exc:
+        log.info("no held-out texts for %s (%s): the guard compares answers on the probes",
+                 path, exc)
+        return {"source": "probes", "texts": [t for batch in PROBES for t in batch],
+                "labels": None}
+
+
+def _verify(engine: TorchEngine, rust: Any, onnx_session: Any) -> None:
+    for texts in PROBES:
+        hf_ids = engine.encode(texts)
         if [e.ids for e in rust.encode_batch(texts, add_special_tokens=True)] != hf_ids:
             raise ValueError("the Rust tokenizer does not match the HF tokenizer; not compiling")
-        want = backend.logits(hf_ids)
-        ids, mask = pad_batch(hf_ids, backend.pad_id)
-        got = np.asarray(session.run(None, {"input_ids": ids, "attention_mask": mask})[0])
+        want = engine.logits(hf_ids)
+        ids, mask = pad_batch(hf_ids, engine.pad_id)
+        got = np.asarray(onnx_session.run(None, {"input_ids": ids, "attention_mask": mask})[0])
         if want.shape != got.shape or not np.allclose(want, got, atol=1e-4, rtol=1e-4):
             raise ValueError(f"the ONNX export disagrees with the eager model on shape "
                              f"{ids.shape}; not compiling")
-
-
-def load_compiled(path: Path, version: str, manifest: dict[str, Any], *, max_tokens: int,
-                  threads: int | None = None) -> ModelBundle | None:
-    """The compiled bundle for exactly this version, or None (then the eager path is used)."""
-    where = compiled_dir(version)
-    if not (where / META).is_file():
-        log.info("no compiled artifact for %s; loading with transformers "
-                 "(`surgeserve model compile` makes the next start faster)", version)
-        return None
-    try:
-        meta = json.loads((where / META).read_text())
-        if meta.get("version") != version or meta.get("format") != FORMAT:
-            return None
-        limit = min(max_tokens, int(meta["max_tokens"]))
-        backend = OnnxBackend(_session(where / MODEL, threads),
-                              _rust_tokenizer(where / TOKENIZER, limit), int(meta["pad_id"]))
-    except Exception:
-        log.warning("compiled artifact in %s is unusable; loading with transformers", where,
-                    exc_info=True)
-        return None
-    return ModelBundle(name=manifest.get("name") or meta["name"], version=version,
-                       labels=list(meta["labels"]), lowercase=bool(meta["lowercase"]),
-                       max_tokens=limit, path=path, manifest=manifest, backend=backend)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
-from common.bundle import ModelBundle, load_bundle
+from common.bundle import ModelBundle
 from common.errors import UnknownModel
 from common.settings import Settings
 
@@ -65,8 +65,6 @@ class ModelSet:
                 for n, _ in self.specs]
 
     def _load(self, name: str | None, path: Path | None) -> ModelBundle:
-        from common.training import default_model_dir
+        from common.loader import load_configured
 
-        s = self.settings
-        return load_bundle(Path(path or default_model_dir()), name=name,
-                           max_tokens=s.max_tokens, threads=s.threads, compiled=s.compiled)
+        return load_configured(self.settings, path, name)

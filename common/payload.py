@@ -200,9 +200,9 @@ class PayloadLogger:
     def _bundle_meta(self, bundle: ModelBundle) -> str:
         meta = self._meta.get((bundle.name, bundle.version))
         if meta is None:
-            engine = str(getattr(bundle.backend, "kind", "unknown"))
             meta = json.dumps({"model": bundle.name, "version": bundle.version,
-                               "engine": engine})[1:-1]
+                               "engine": bundle.engine.kind,
+                               "precision": bundle.precision})[1:-1]
             self._meta[(bundle.name, bundle.version)] = meta
         return meta
 

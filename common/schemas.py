@@ -73,7 +73,16 @@ class ModelCard(BaseModel):
     labels: list[str]
     max_tokens: int
     lowercase: bool
-    backend: str = Field(description="onnx (compiled artifact, ONNX Runtime) or transformers")
+    backend: str = Field(description="the engine: onnx (ONNX Runtime), openvino (both over "
+                                     "the compiled artifact) or transformers")
+    identity: str = Field("", description="what the cache key names: weights hash, token "
+                                          "limit, precision")
+    engine: dict[str, Any] = Field(default_factory=dict,
+                                   description="engine, precision, streams, threads, how it "
+                                               "was chosen and its measured texts/s")
+    batching: dict[str, Any] = Field(default_factory=dict,
+                                     description="the engine's largest batch, padded-token "
+                                                 "cap and padding rule")
     metrics: dict[str, Any]
     default: bool = Field(True, description="answers /v1/predict and jobs naming no model")
 

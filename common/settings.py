@@ -43,11 +43,16 @@ class Settings(BaseSettings):
     models: str | None = None
     default_model: str | None = None
     max_tokens: int = Field(128, ge=8, le=4096)
-    # Model worker threads, each running whole batches; torch intra-op threads per process.
-    # Defaults: one worker per usable CPU, CPUs / workers torch threads (measured best on CPU).
+    # The engine (common/engines): auto = the fastest measured on this CPU that passes the
+    # accuracy guard (README, Engines); the others force one. Precision likewise.
+    engine: Literal["auto", "onnx", "openvino", "transformers"] = "auto"
+    precision: Literal["auto", "fp32", "bf16"] = "auto"
+    # Model worker threads = engine streams, each running whole batches, and threads per
+    # stream. Unset: what was measured fastest (else one stream per usable CPU, one thread).
     model_workers: int | None = Field(None, ge=1, le=64)
     torch_threads: int | None = Field(None, ge=1)
-    # Use the verified ONNX artifact (ONNX Runtime) when one exists for this model version.
+    # Use the verified compiled artifact when one exists for these weights (false: the
+    # transformers engine, as SURGE_ENGINE=transformers).
     compiled: bool = True
 
     # glibc malloc (set before any thread starts; 0 leaves glibc's default). Measured under
@@ -56,13 +61,13 @@ class Settings(BaseSettings):
     malloc_arenas: int = Field(2, ge=0)
     mmap_threshold_bytes: int = Field(1 << 20, ge=0)
 
-    # Micro-batching.
-    max_batch_size: int = Field(32, ge=1, le=1024)
+    # Micro-batching. Unset: the engine's own defaults (measured per engine: README, Engines).
+    max_batch_size: int | None = Field(None, ge=1, le=1024)
     # Padded tokens per forward pass: a batch is length-sorted and cut into passes this big.
-    max_forward_tokens: int = Field(512, ge=16)
+    max_forward_tokens: int | None = Field(None, ge=16)
     # Padding a forward pass may carry, as a fraction of its real tokens (sorted texts of
     # unlike lengths go in separate passes).
-    max_padding: float = Field(0.2, ge=0)
+    max_padding: float | None = Field(None, ge=0)
     max_wait_ms: float = Field(0.0, ge=0, le=1000)
     max_queue: int = Field(1024, ge=1)
     # Shed (503 + Retry-After) a request whose items would wait longer than this behind the
@@ -228,16 +233,6 @@ class Settings(BaseSettings):
         """The names requests may use, default first; None when only known after loading."""
         names = [n for n, _ in self.model_specs()]
         return None if any(n is None for n in names) else [str(n) for n in names]
-
-    @property
-    def workers(self) -> int:
-        """Model worker threads in effect."""
-        return self.model_workers or usable_cpus()
-
-    @property
-    def threads(self) -> int:
-        """Torch intra-op threads in effect."""
-        return self.torch_threads or max(1, usable_cpus() // self.workers)
 
     @property
     def payload_url(self) -> str | None:

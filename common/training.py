@@ -17,9 +17,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common.bundle import MANIFEST, ModelBundle, load_bundle, pad_batch, weights_hash
 from common.corpus import LABELS, Example, load_examples, package_dir, split
-from common.settings import Settings, default_model_home
+from common.engines import pad_batch
+from common.identity import MANIFEST, weights_hash
+from common.settings import default_model_home
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,6 @@ def default_model_dir(config: TrainConfig | None = None) -> Path:
     return default_model_home() / f"{MODEL_NAME}-{config.key()}"
 
 
-def load_configured_model(settings: Settings) -> ModelBundle:
-    """The model the settings name (the default bundle when SURGE_MODEL_DIR is unset)."""
-    path = settings.model_dir or default_model_dir()
-    return load_bundle(Path(path), name=settings.model_name, max_tokens=settings.max_tokens,
-                       threads=settings.threads, compiled=settings.compiled)
-
-
 def encoder_dir() -> Path:
     """The packaged all-MiniLM-L6-v2 encoder directory."""
     return package_dir(ENCODER_PACKAGE) / "model"
@@ -81,17 +75,24 @@ def ensure_default_model(config: TrainConfig | None = None, *, progress: bool = 
 
 
 def ensure_compiled(path: Path) -> Path | None:
-    """Compile the fast-start artifact for `path` unless it exists; None if it cannot be."""
-    from common.compiled import META, compile_model, compiled_dir
+    """Compile the fast-start artifact for `path` unless it exists, and measure the engines on
+    it unless they were measured on this CPU; None if it cannot be compiled."""
+    from common.chooser import measure, recorded
+    from common.compiled import compile_model, compiled_dir, read_meta
 
-    version = json.loads((path / MANIFEST).read_text())["version"]
-    if (compiled_dir(version) / META).is_file():
-        return compiled_dir(version)
-    try:
-        return compile_model(path)
-    except ValueError as exc:  # verification failed: serving uses the eager path
-        log.warning("not compiled: %s", exc)
-        return None
+    where = compiled_dir(weights_hash(path))
+    meta = read_meta(where)
+    if meta is None:
+        try:
+            where = compile_model(path)
+        except ValueError as exc:  # verification failed: serving uses the eager path
+            log.warning("not compiled: %s", exc)
+            return None
+        meta = read_meta(where)
+    record = recorded(where) if meta is not None else None
+    if meta is not None and (record is None or record.get("mode") != "compile"):
+        measure(where, meta, full=True)  # a server start's quick measurement is replaced
+    return where
 
 
 def build(config: TrainConfig, target: Path, *, progress: bool = True,

@@ -93,17 +93,28 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
     sweep_, checked = r["capacity"]["sweep"], r["capacity"]["validate"]
     on, jb, lt = ("python -m loadtest.bench_online", "python -m loadtest.bench_jobs",
                   "python -m loadtest")
+    cpu, served = online["engines"]["cpu"], online["served"]
+    engine = f"{served['name']} {served['precision']} {served['streams']}x{served['threads']}"
+    best = online["engines"].get("best") or {}
     out = [
-        ("service / raw batched model throughput (cache off)",
-         f"{online['ratios']['service_over_raw']:.3f}", ">= 0.85", "median of interleaved rounds",
-         on),
-        ("service / naive server on the same ONNX engine, unique texts (cache off)",
-         f"{online['ratios']['service_over_naive']:.2f}", ">= 4",
+        ("CPU (every figure below)", cpu["model"], "",
+         f"{cpu['cpus']} usable cores; flags {' '.join(cpu['flags'])}", on),
+        *[(f"raw {label}, sorted / arrival order (texts/s)",
+           f"{row.get('sorted')} / {row.get('arrival')}", "",
+           f"guard: {row.get('guard', row.get('error'))}; accuracy {row.get('accuracy')}",
+           "surgeserve model bench --candidates")
+          for label, row in online["engines"]["candidates"].items()],
+        ("miss path / best raw (cache off, 32 clients, 2,000 distinct texts)",
+         f"{online['ratios']['service_over_best_raw']:.3f}", ">= 0.75",
+         f"best raw: {best.get('label')} {best.get('arrival')} texts/s in arrival order; "
+         f"serving {engine}; client {online['client']}", on),
+        ("service / naive server on the same engine, unique texts (cache off)",
+         f"{online['ratios']['service_over_naive']:.2f}", ">= 1.8 on AMX",
          f"batching alone; its ceiling here (raw batch-32 / batch-1) is "
          f"{online['ratios']['batching_ceiling']:.2f}", on),
         ("service / naive server as tutorials write it (transformers), unique texts",
-         f"{online['ratios']['service_over_naive_eager']:.2f}", ">= 4",
-         "batching, tight passes and the compiled engine", on),
+         f"{online['ratios']['service_over_naive_eager']:.2f}", ">= 7",
+         "batching, tight passes and the chosen engine", on),
         ("service / naive server, Zipf(1.2) traffic (cache on)",
          f"{zipf['service_over_naive']:.2f}", ">= 4",
          f"hit ratio {zipf['rounds'][-1]['service']['cache_hit_ratio']}", "make bench"),
@@ -113,11 +124,12 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         ("cache-hit throughput, fast path / through FastAPI", f"{online['fast_path']['ratio']:.2f}",
          "", f"{online['cache_hit']['rps']} vs {online['fast_path']['off_rps']} req/s "
          f"(SURGE_FAST_PATH=false), 32 closed-loop clients", on),
-        ("cold start: exec → first 200", f"{online['cold_start_s']} s", "<= 2.5 s",
-         f"transformers path {online['cold_start_eager_s']} s", on),
-        ("RSS after load", f"{online['rss_mb']} MB", "<= 500 MB", "", on),
-        ("job items/s / raw batched model throughput", f"{jobs['job_over_raw']:.3f}",
-         ">= 0.85", f"{jobs['items_per_s']} items/s", jb),
+        ("cold start: exec → first 200", f"{online['cold_start_s']} s", "<= 1.2 s",
+         f"{engine}; transformers path {online['cold_start_eager_s']} s", on),
+        ("RSS after load", f"{online['rss_mb']} MB", "<= 400 MB", "", on),
+        ("job items/s / best raw, whole set sorted", f"{jobs['job_over_best_raw']:.3f}",
+         ">= 0.9", f"{jobs['items_per_s']} items/s vs {jobs['best_raw']['label']} "
+         f"{jobs['best_raw']['sorted']} texts/s", jb),
         ("time to first result page", f"{jobs['first_page_s']} s", "", "", jb),
         ("capacity of one instance (cache off)", f"{sweep_['capacity_rps']} req/s", "",
          f"knee {sweep_['knee']} in flight; p99 <= {SLO_MS:g} ms up to "

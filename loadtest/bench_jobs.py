@@ -1,7 +1,8 @@
 """`make bench` (jobs part): one worker, a job of N distinct snippets, over HTTP.
 
-  job items/s / raw in-process batched model throughput (raw measured just before and just
-  after the job, averaged: this machine's speed drifts)
+  job items/s / best raw: the fastest guard-passing engine candidate on this CPU, the whole
+  set sorted (a chunk is sorted as a whole), measured just before the job; and / the served
+  engine's raw, sorted, before and after the job, averaged (this machine's speed drifts)
   time from submit to the first result page
   jobs-Redis memory per result (and per submitted text, texts included)
 """
@@ -54,8 +55,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     worker = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"],
                               env=os.environ | env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        print(f"raw model, before: {args.raw_texts} texts ...", flush=True)
-        raw_before = raw_throughput(args.raw_texts, 32, {})["texts_per_s"]
+        print(f"raw model, before: {args.raw_texts} texts, every engine, sorted ...",
+              flush=True)
+        engines = raw_throughput(args.raw_texts, 32, {}, "--candidates", "--rounds", "1")
+        best = engines.get("best") or {}
+        raw_before = raw_throughput(args.raw_texts, 32, {}, "--sorted")["texts_per_s"]
         with server(env | {"SURGE_ROLE": "jobs"}, out / "bench-servers.log",
                     probe="/readyz") as api, httpx.Client(base_url=api.url, timeout=60) as c:
             warm = c.post("/v1/jobs", json={"texts": ["warm the worker up"]}).json()
@@ -71,7 +75,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             memory_after = int(store.info("memory")["used_memory"])
             results_bytes = int(store.memory_usage(f"surge:job:{job_id}:results") or 0)
         print(f"raw model, after: {args.raw_texts} texts ...", flush=True)
-        raw_after = raw_throughput(args.raw_texts, 32, {})["texts_per_s"]
+        raw_after = raw_throughput(args.raw_texts, 32, {}, "--sorted")["texts_per_s"]
     finally:
         worker.terminate()
         worker.wait(timeout=30)
@@ -84,6 +88,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "items_per_s": round(len(texts) / seconds, 1),
         "raw_texts_per_s": {"before": raw_before, "after": raw_after},
         "job_over_raw": round(len(texts) / seconds / raw, 3),
+        "best_raw": {"label": best.get("label"), "sorted": best.get("sorted")},
+        "job_over_best_raw": round(len(texts) / seconds / (best.get("sorted") or raw), 3),
         "first_page_s": round(first_page[0], 2) if first_page else None,
         "bytes_per_result": round(results_bytes / len(texts), 1),
         "bytes_per_item_total": round((memory_after - memory_before) / len(texts), 1),
@@ -94,10 +100,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def report(r: dict[str, Any]) -> str:
     """The Markdown table README shows."""
     rows = [
-        ("job items/s / raw batched model throughput", f"{r['job_over_raw']:.3f}", ">= 0.85",
+        ("job items/s / best raw (whole set sorted)", f"{r['job_over_best_raw']:.3f}",
+         ">= 0.9", f"{r['items_per_s']} vs {r['best_raw']['label']} "
+         f"{r['best_raw']['sorted']} texts/s; {r['texts']} distinct texts, one worker"),
+        ("job items/s / raw of the served engine (sorted)", f"{r['job_over_raw']:.3f}", "",
          f"{r['items_per_s']} vs {r['raw_texts_per_s']['before']} / "
-         f"{r['raw_texts_per_s']['after']} texts/s (raw before / after); {r['texts']} distinct "
-         f"texts, one worker"),
+         f"{r['raw_texts_per_s']['after']} texts/s (raw before / after)"),
         ("time to first result page", f"{r['first_page_s']} s", "", "submit → 100 results"),
         ("jobs-Redis bytes per result", f"{r['bytes_per_result']}", "",
          "the results hash (MEMORY USAGE)"),

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 
 def _cmd_model_build(args: argparse.Namespace) -> int:
@@ -22,6 +23,7 @@ def _cmd_model_build(args: argparse.Namespace) -> int:
         manifest = json.loads((target / "surgeserve.json").read_text())
         print(f"held-out accuracy {manifest['metrics']['heldout_accuracy']:.4f}, "
               f"built in {manifest['build_seconds']} s", file=sys.stderr)
+    print("compiling and measuring the engines on this CPU ...", file=sys.stderr)
     compiled = ensure_compiled(target)
     print(f"compiled (fast start): {compiled or 'no: serving uses transformers'}",
           file=sys.stderr)
@@ -30,24 +32,46 @@ def _cmd_model_build(args: argparse.Namespace) -> int:
 
 
 def _cmd_model_compile(args: argparse.Namespace) -> int:
-    from common.compiled import compile_model
+    from common.chooser import measure
+    from common.compiled import compile_model, read_meta
     from common.training import default_model_dir
 
     path = Path(args.path) if args.path else default_model_dir()
     try:
-        print(compile_model(path))
+        where = compile_model(path)
     except ValueError as exc:
         print(f"not compiled: {exc}", file=sys.stderr)
         return 1
+    meta = read_meta(where)
+    assert meta is not None
+    print(f"measuring the engines on this CPU (accuracy guard: {where}) ...", file=sys.stderr)
+    record = measure(where, meta, full=True)
+    print(_choice_table(record), file=sys.stderr)
+    print(where)
     return 0
 
 
-def _cmd_model_info(args: argparse.Namespace) -> int:
-    from common.bundle import load_bundle
-    from common.training import default_model_dir
+def _choice_table(record: dict[str, Any]) -> str:
+    """The chooser's record as lines a person reads."""
+    cpu = record["cpu"]
+    lines = [f"CPU: {cpu['model']}, {cpu['cpus']} usable, flags {' '.join(cpu['flags'])}",
+             f"guard: {record['guard']['source']}, {record['guard']['texts']} texts, fp32 "
+             f"accuracy {record['guard']['fp32_accuracy']}"]
+    for c in record["candidates"]:
+        lines.append(f"  {c['label']:<22} {c['texts_per_s']:>7.1f} texts/s  "
+                     f"accuracy {c['accuracy']}  agreement {c['agreement']}  {c['reason']}")
+    winner = record["winner"]
+    lines.append(f"chosen: {winner['engine']} {winner['precision']} {winner['streams']}x"
+                 f"{winner['threads']} ({record['winner_texts_per_s']} texts/s; ONNX Runtime "
+                 f"fp32 {record['baseline_texts_per_s']})")
+    return "\n".join(lines)
 
-    path = Path(args.path) if args.path else default_model_dir()
-    bundle = load_bundle(path, warmup=False)
+
+def _cmd_model_info(args: argparse.Namespace) -> int:
+    from common.loader import load_configured
+    from common.settings import Settings
+
+    bundle = load_configured(Settings(), Path(args.path) if args.path else None)
     print(json.dumps(bundle.info() | {"manifest": bundle.manifest}, indent=2))
     return 0
 
@@ -165,11 +189,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--no-progress", action="store_true")
     build.set_defaults(func=_cmd_model_build)
 
-    comp = msub.add_parser("compile", help="trace + verify a model for a fast cold start")
+    comp = msub.add_parser("compile", help="export + verify a model (fast cold start), then "
+                                           "measure the engines on this CPU and record the "
+                                           "fastest that passes the accuracy guard")
     comp.add_argument("path", nargs="?", help="model directory (default: the default bundle)")
     comp.set_defaults(func=_cmd_model_compile)
 
-    info = msub.add_parser("info", help="print a bundle's identity and manifest")
+    info = msub.add_parser("info", help="print a bundle's identity, engine (as the settings "
+                                       "choose it) and manifest")
     info.add_argument("path", nargs="?", help="model directory (default: the default bundle)")
     info.set_defaults(func=_cmd_model_info)
 
@@ -177,6 +204,11 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--texts", type=int, default=2000)
     bench.add_argument("--batch-size", type=int, default=32)
     bench.add_argument("--path", default=None)
+    bench.add_argument("--sorted", action="store_true",
+                       help="the whole set sorted (a job chunk's ceiling), not arrival order")
+    bench.add_argument("--candidates", action="store_true",
+                       help="every engine candidate on this CPU, both ways")
+    bench.add_argument("--rounds", type=int, default=2, help="with --candidates: best of N")
     bench.set_defaults(func=_cmd_model_bench)
     return parser
 

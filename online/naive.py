@@ -6,6 +6,7 @@ so `make bench` can measure what micro-batching and caching buy against it in th
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import uvicorn
@@ -14,16 +15,18 @@ from fastapi import FastAPI
 from common.bundle import ModelBundle
 from common.schemas import PredictRequest, ranked_body
 from common.settings import Settings
-from common.training import load_configured_model
 
 
 def create_naive_app(bundle: ModelBundle) -> FastAPI:
-    """A FastAPI app whose sync handler runs the model per request (in FastAPI's threadpool)."""
+    """A FastAPI app whose sync handler runs the model per request (in FastAPI's threadpool),
+    as many at once as the engine has streams (the service's layout, without batching)."""
     app = FastAPI(title="surgeserve naive baseline")
+    streams = threading.BoundedSemaphore(bundle.streams)
 
     @app.post("/v1/predict")
     def predict(body: PredictRequest) -> dict[str, Any]:
-        return ranked_body(bundle.predict([body.text])[0])
+        with streams:
+            return ranked_body(bundle.predict([body.text])[0])
 
     return app
 
@@ -31,7 +34,9 @@ def create_naive_app(bundle: ModelBundle) -> FastAPI:
 def serve_naive(settings: Settings | None = None) -> int:
     """Load the model, then serve the baseline on $PORT."""
     settings = settings or Settings()
-    bundle = load_configured_model(settings)
+    from common.loader import load_configured
+
+    bundle = load_configured(settings)
     uvicorn.run(create_naive_app(bundle), host=settings.host, port=settings.port,
                 log_level="warning", access_log=False)
     return 0

@@ -103,7 +103,7 @@ def _metadata(rt: Runtime, name: str, version: str | None) -> Response:
     except ProtocolError as exc:
         return _error(exc.status, exc.message)
     return JSONResponse({
-        "name": name, "versions": [bundle.version], "platform": f"surgeserve-{bundle.backend.kind}",
+        "name": name, "versions": [bundle.version], "platform": f"surgeserve-{bundle.engine.kind}",
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
         "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
                     {"name": "score", "datatype": "FP32", "shape": [-1]},

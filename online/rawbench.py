@@ -1,46 +1,119 @@
 """`surgeserve model bench`: raw in-process batched model throughput, the ceiling for the service.
 
-Same texts, same thread count and batch size as the service uses; prints one JSON object.
+Default: the engine the server would serve (same settings, streams and pass rule), over
+arrival-order batches of --batch-size (or the whole set sorted, --sorted: the jobs path's
+ceiling). --candidates: every engine candidate the chooser knows on this CPU, both ways,
+interleaved over --rounds, with the guard's verdict recorded at compile. Prints one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
-from common.bundle import load_bundle
+from common.bundle import ModelBundle, serving_batching
 from common.corpus import snippets
 from common.settings import Settings
-from common.training import default_model_dir
 
 
-def measure(texts: list[str], batch_size: int, path: Path, settings: Settings) -> dict[str, float]:
-    """Texts per second of bundle.predict over batches of `batch_size`, in the given order,
-    with the service's forward-pass settings."""
-    bundle = load_bundle(path, threads=settings.threads, compiled=settings.compiled)
-    batches = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
+def measure(texts: list[str], batch_size: int, path: Path | None, settings: Settings,
+            whole_sorted: bool = False) -> dict[str, Any]:
+    """Texts per second of bundle.predict with the service's engine, streams and pass rule:
+    arrival-order batches of `batch_size`, or (`whole_sorted`) the set split over the streams
+    and each part sorted whole, as a job chunk runs."""
+    from common.loader import load_configured
+
+    bundle = load_configured(settings, path)
+    streams = settings.model_workers or bundle.streams
+    seconds = _timed(bundle, texts, batch_size, streams, settings, whole_sorted)
+    return {"texts": len(texts), "batch_size": batch_size, "sorted": whole_sorted,
+            "engine": bundle.engine.kind, "precision": bundle.precision, "workers": streams,
+            "seconds": round(seconds, 3), "texts_per_s": round(len(texts) / seconds, 2)}
+
+
+def _timed(bundle: ModelBundle, texts: list[str], batch_size: int, streams: int,
+           settings: Settings, whole_sorted: bool) -> float:
+    cut = serving_batching(bundle, settings)
+    if whole_sorted:
+        batches = [texts[k::streams] for k in range(streams)]
+    else:
+        batches = [texts[start : start + batch_size]
+                   for start in range(0, len(texts), batch_size)]
 
     def run(batch: list[str]) -> None:
-        bundle.predict(batch, max_forward_batch=batch_size,
-                       max_forward_tokens=settings.max_forward_tokens,
-                       max_padding=settings.max_padding)
+        bundle.predict(batch, max_forward_batch=cut.max_batch if whole_sorted else batch_size,
+                       max_forward_tokens=cut.max_forward_tokens, max_padding=cut.max_padding)
 
     started = time.perf_counter()
-    with ThreadPoolExecutor(settings.workers) as pool:  # the service's worker layout
+    with ThreadPoolExecutor(streams) as pool:  # the service's worker layout
         list(pool.map(run, batches))
-    seconds = time.perf_counter() - started
-    return {"texts": len(texts), "batch_size": batch_size, "workers": settings.workers,
-            "threads": settings.threads, "seconds": round(seconds, 3),
-            "texts_per_s": round(len(texts) / seconds, 2)}
+    return time.perf_counter() - started
+
+
+def candidates(texts: list[str], batch_size: int, path: Path | None, rounds: int,
+               ) -> dict[str, Any]:
+    """Every candidate on this CPU, arrival-order batches and whole set sorted, interleaved;
+    best of `rounds` each. The guard's verdicts come from the record made at compile."""
+    from common.chooser import candidates as specs_for
+    from common.chooser import cpu_info, recorded, run_texts
+    from common.compiled import compiled_dir, read_meta
+    from common.engines import open_engine
+    from common.identity import weights_hash
+    from common.settings import usable_cpus
+    from common.training import default_model_dir
+
+    artifact = compiled_dir(weights_hash(Path(path or default_model_dir())))
+    meta = read_meta(artifact)
+    if meta is None:
+        raise SystemExit(f"no compiled artifact in {artifact}: run `surgeserve model compile`")
+    record = recorded(artifact) or {}
+    verdicts = {c["label"]: c for c in record.get("candidates", [])}
+    rows: dict[str, dict[str, Any]] = {}
+    for _ in range(rounds):
+        for spec in specs_for(usable_cpus(), full=True):
+            row = rows.setdefault(spec.label, {"spec": spec.as_dict(), "arrival": 0.0,
+                                               "sorted": 0.0})
+            try:
+                engine = open_engine(spec, artifact, meta, 128)
+            except Exception as exc:
+                row["error"] = f"{type(exc).__name__}: {exc}"[:200]
+                continue
+            cut = engine.batching.overridden(max_batch=batch_size)
+            run_texts(engine, texts[:64], spec.streams, cut)  # warm-up
+            for way in ("arrival", "sorted"):
+                _, timing = run_texts(engine, texts, spec.streams, cut,
+                                      whole_sorted=way == "sorted")
+                row[way] = round(max(row[way], timing.wall_rate), 1)
+                cpu_key = f"{way}_cpu_based"
+                row[cpu_key] = round(max(row.get(cpu_key, 0.0),
+                                         timing.rate(spec.streams * spec.threads)), 1)
+            engine = None  # type: ignore[assignment]  # before the next one opens
+            verdict = verdicts.get(spec.label, {})
+            row |= {"batching": dataclasses.asdict(cut), "passed": verdict.get("passed"),
+                    "guard": verdict.get("reason", "not measured at compile on this CPU"),
+                    "accuracy": verdict.get("accuracy"), "agreement": verdict.get("agreement")}
+    passing = [r for r in rows.values() if r.get("passed") and "error" not in r]
+    best = max(passing, key=lambda r: r["arrival"], default=None)
+    return {"cpu": cpu_info(), "texts": len(texts), "batch_size": batch_size,
+            "rounds": rounds, "candidates": rows,
+            "fp32_accuracy": (record.get("guard") or {}).get("fp32_accuracy"),
+            "best": best and {"label": next(k for k, v in rows.items() if v is best),
+                              "arrival": best["arrival"], "sorted": best["sorted"]}}
 
 
 def main(args: argparse.Namespace) -> int:
     """CLI entry."""
     settings = Settings()
-    path = Path(args.path) if args.path else (settings.model_dir or default_model_dir())
-    result = measure(snippets(args.texts), args.batch_size, path, settings)
+    path = Path(args.path) if args.path else None
+    texts = snippets(args.texts)
+    if args.candidates:
+        result = candidates(texts, args.batch_size, path, args.rounds)
+    else:
+        result = measure(texts, args.batch_size, path, settings, args.sorted)
     print(json.dumps(result))
     return 0

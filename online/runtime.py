@@ -9,7 +9,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from common.bundle import ModelBundle, Ranked
+from common.bundle import ModelBundle, Ranked, serving_batching
 from common.cache import PredictionCache, RedisTier
 from common.errors import NotReady, UnknownModel
 from common.metrics import Metrics
@@ -123,19 +123,22 @@ class Runtime:
                                  "default": self.default})
 
     def _batcher(self, name: str, bundle: ModelBundle) -> MicroBatcher[str, Ranked]:
+        """One model worker per engine stream; batches cut by the engine's own rule unless
+        the settings say otherwise."""
         s = self.settings
         forward = self.metrics.forward_seconds.labels(name)
+        cut = serving_batching(bundle, s)
 
         def run_batch(texts: list[str]) -> list[Ranked]:
             with forward.time():
-                return bundle.predict(texts, max_forward_batch=s.max_batch_size,
-                                      max_forward_tokens=s.max_forward_tokens,
-                                      max_padding=s.max_padding)
+                return bundle.predict(texts, max_forward_batch=cut.max_batch,
+                                      max_forward_tokens=cut.max_forward_tokens,
+                                      max_padding=cut.max_padding)
 
-        return MicroBatcher(run_batch, max_batch_size=s.max_batch_size, max_queue=s.max_queue,
+        return MicroBatcher(run_batch, max_batch_size=cut.max_batch, max_queue=s.max_queue,
                             max_wait_ms=s.max_wait_ms, retry_after_s=s.retry_after_s,
-                            metrics=self.metrics, workers=s.workers, model=name,
-                            max_queue_wait_s=s.max_queue_wait_s)
+                            metrics=self.metrics, workers=s.model_workers or bundle.streams,
+                            model=name, max_queue_wait_s=s.max_queue_wait_s)
 
     async def cache_state(self) -> dict[str, Any]:
         """What /readyz says about the cache."""

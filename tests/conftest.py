@@ -36,9 +36,9 @@ def default_model_dir() -> Path:
 @pytest.fixture(scope="session")
 def default_bundle(default_model_dir: Path):  # type: ignore[no-untyped-def]
     """The default model, loaded once per test session."""
-    from common.bundle import load_bundle
+    from common.loader import load_bundle
 
-    return load_bundle(default_model_dir, threads=2)
+    return load_bundle(default_model_dir)
 
 
 @pytest.fixture(scope="session")

@@ -27,6 +27,8 @@ class SlowBackend:
     """Sleeps `delay` per forward pass and counts the texts it was asked for."""
 
     kind = "slow-fake"
+    precision = "fp32"
+    streams = 1
 
     def __init__(self, delay: float):
         self.delay = delay
@@ -46,7 +48,7 @@ class SlowBackend:
 def slow_app(delay: float, **settings: object):  # type: ignore[no-untyped-def]
     backend = SlowBackend(delay)
     bundle = ModelBundle(name="slow", version="1", labels=["NO", "YES"], lowercase=False,
-                         max_tokens=16, path=Path("."), manifest={}, backend=backend)
+                         max_tokens=16, path=Path("."), manifest={}, engine=backend)
     config = Settings(access_log=False, model_workers=1, **settings)  # type: ignore[arg-type]
     return create_app(config, bundle=bundle, metrics=Metrics()), backend
 

@@ -17,6 +17,8 @@ from common.settings import Settings
 
 class BrokenBackend:
     kind = "broken"
+    precision = "fp32"
+    streams = 1
 
     def encode(self, texts: list[str]) -> list[list[int]]:
         return [[1] for _ in texts]
@@ -32,7 +34,7 @@ def test_a_failing_chunk_fails_the_job_once(tmp_path: Path,
         settings = Settings(redis_url=server.url, cache="off", k_sink=None)
         store = JobStore.from_url(server.url, ttl_s=600)
         bundle = ModelBundle(name="broken", version="0", labels=["A", "B"], lowercase=False,
-                             max_tokens=8, path=tmp_path, manifest={}, backend=BrokenBackend())
+                             max_tokens=8, path=tmp_path, manifest={}, engine=BrokenBackend())
         monkeypatch.setattr(celery_app, "_runner", ChunkRunner(bundle, store, settings))
         task = SimpleNamespace(app=SimpleNamespace(conf=SimpleNamespace(surge_settings=settings)))
         job, _ = store.create(["a", "b", "c"], chunk_size=2, model="broken", version="0")

@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from common.bundle import load_bundle
+from common.loader import load_bundle
 from common.metrics import Metrics
 from common.models import ModelSet
 from common.settings import Settings

@@ -150,7 +150,8 @@ def test_events_arrive_as_cloudevents_the_sdk_parses(live_server, default_bundle
     assert first["scores"] == pytest.approx({s["label"]: s["score"]
                                              for s in replies[0].json()["scores"]})
     assert first["model"] == default_bundle.name and first["version"] == default_bundle.version
-    assert first["engine"] == default_bundle.backend.kind
+    assert first["engine"] == default_bundle.engine.kind
+    assert first["precision"] == default_bundle.precision
     assert first["latency_ms"] > 0 and first["chars"] == len(POSITIVE)
     assert abs(first["time"] - time.time()) < 60
     dull = records[("req-bulk", text_hash("dull and far too long."))]

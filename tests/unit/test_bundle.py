@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from common.bundle import MANIFEST, _chunks, load_bundle, weights_hash
+from common.bundle import _chunks
 from common.errors import ModelNotFound
+from common.identity import MANIFEST, weights_hash
+from common.loader import load_bundle
 
 
 def test_labels_come_from_id2label_and_version_from_weights(tiny_model_dir: Path) -> None:

@@ -30,7 +30,8 @@ class Bundle:
 
     name: str = "m"
     version: str = 'v"1'
-    backend: Backend = field(default_factory=Backend)
+    engine: Backend = field(default_factory=Backend)
+    precision: str = "fp32"
 
 
 def logger(**kw: Any) -> tuple[PayloadLogger, Counter]:

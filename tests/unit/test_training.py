@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from common.bundle import MANIFEST, load_bundle
+from common.identity import MANIFEST
+from common.loader import load_bundle
 from common.training import TrainConfig, build
 
 
