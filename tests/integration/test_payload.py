@@ -167,7 +167,7 @@ def test_mode_and_text_decide_the_record(live_server, default_bundle, receiver,
         assert client.post("/v1/predict", json={"text": POSITIVE}).status_code == 200
         wait_for(lambda: len(receiver.records()) == 1)
     (record,) = receiver.records()
-    common = {"model", "version", "engine", "request_id", "time", "hash"}
+    common = {"model", "version", "engine", "precision", "request_id", "time", "hash"}
     if mode == "request":  # the input side: the text only when configured (here it is)
         assert set(record) == common | {"chars", "text"} and record["text"] == POSITIVE
     else:  # the output side: never the text

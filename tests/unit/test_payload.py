@@ -62,6 +62,7 @@ def test_records_are_the_json_of_their_values(mode: str) -> None:
     for i, rid in enumerate(HOSTILE):
         for j, (text, label) in enumerate(zip(HOSTILE, HOSTILE[::-1], strict=True)):
             record: dict[str, Any] = {"model": "m", "version": 'v"1', "engine": "onnx",
+                                      "precision": "fp32",
                                       "request_id": rid, "time": 1700000000.25,
                                       "hash": f"{j:032x}"}
             if mode != "response":
