@@ -1,1 +1,1 @@
-"""Batch jobs (Celery on Redis, CloudEvents ingress). Not built yet: see issue 3."""
+"""Batch jobs: Celery on Redis, the jobs API and the CloudEvents ingress."""

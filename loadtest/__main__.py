@@ -1,4 +1,5 @@
-"""`python -m loadtest run | sweep | simulate | tune | validate` (see README, "Load testing")."""
+"""`python -m loadtest run | sweep | simulate | tune | validate` (docs/operations.md, "Tuning
+the autoscaler")."""
 
 from __future__ import annotations
 

@@ -98,7 +98,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> str:
-    """The Markdown table README shows."""
+    """The Markdown table docs/benchmarks.md shows."""
     rows = [
         ("job items/s / best raw (whole set sorted)", f"{r['job_over_best_raw']:.3f}",
          ">= 0.9", f"{r['items_per_s']} vs {r['best_raw']['label']} "

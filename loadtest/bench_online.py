@@ -331,7 +331,7 @@ def _median_row(rounds: list[dict[str, Any]], name: str, key: str = "rps") -> fl
 
 
 def report(results: dict[str, Any]) -> str:
-    """The Markdown table README shows."""
+    """The Markdown table docs/benchmarks.md shows."""
     r = results
     svc, raw = _median_row(r["rounds"], "service"), _median_row(r["rounds"], "raw", "texts_per_s")
     naive, batch1 = _median_row(r["rounds"], "naive"), _median_row(r["rounds"], "batch1")

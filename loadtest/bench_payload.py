@@ -135,7 +135,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def report(r: dict[str, Any]) -> str:
-    """The Markdown table README shows."""
+    """The Markdown table docs/benchmarks.md shows."""
     rows = []
     for path, what in (("miss", "miss path (cache off, unique texts)"),
                        ("hit", "hit path (LRU hits)")):

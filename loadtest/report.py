@@ -11,7 +11,7 @@ Row = tuple[str, str, str, str]  # measure, value, goal, detail
 
 
 def markdown_table(rows: Iterable[Row]) -> str:
-    """The README's table format."""
+    """The table format of docs/benchmarks.md."""
     lines = ["| measure | value | goal | detail |", "|---|---|---|---|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
 

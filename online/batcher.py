@@ -11,7 +11,7 @@ hands the results to the waiting requests.
 
 Why more than one worker: on CPU, two single-threaded workers outrun one two-threaded worker
 for a small encoder (no OpenMP barrier stalls when the event loop preempts a thread; measured in
-README, Benchmarks). With workers=1 this is the classic one-queue, one-worker batcher.
+docs/benchmarks.md). With workers=1 this is the classic one-queue, one-worker batcher.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 That route is most of the traffic and, answered from the cache, almost no work: measured on
 these machines a cache hit spent ~0.44 ms in the app, more than half of it in FastAPI's routing
-and dependency resolution (README, Benchmarks). This ASGI layer answers the ordinary case of
+and dependency resolution (docs/benchmarks.md). This ASGI layer answers the ordinary case of
 that one route itself, with the functions the FastAPI route uses (access guard, service,
 response, error response), and hands everything else to FastAPI untouched: a content type that
 is not JSON, a body that is not JSON or does not match the schema (a client gone mid-body gets

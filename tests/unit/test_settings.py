@@ -1,7 +1,4 @@
-from pathlib import Path
-
 import pytest
-from pydantic import AliasChoices
 
 from common.settings import Settings, mask_url
 
@@ -43,17 +40,3 @@ def test_invalid_setting_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SURGE_MAX_BATCH_SIZE", "0")
     with pytest.raises(ValueError):
         Settings()
-
-
-def test_every_setting_is_in_the_readme_configuration_table() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    table = readme.split("| variable | default | meaning |", 1)[1].split("\n\n", 1)[0]
-    undocumented = []
-    for name, field in Settings.model_fields.items():
-        alias = field.validation_alias
-        names = ({alias} if isinstance(alias, str)
-                 else set(alias.choices) if isinstance(alias, AliasChoices)  # type: ignore[arg-type]
-                 else set())
-        if not any(f"`{env}`" in table for env in names | {f"SURGE_{name.upper()}"}):
-            undocumented.append(name)
-    assert undocumented == []
