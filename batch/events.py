@@ -23,6 +23,7 @@ from cloudevents.core.v1.event import CloudEvent
 from batch.items import ItemIds, split_items
 from batch.store import JobStore
 from common.errors import InvalidInput, UnsupportedMediaType, printable
+from common.payload import EVENT_TYPE as PREDICTION
 from common.schemas import media_type
 from common.settings import Settings
 from common.textnorm import is_text
@@ -99,7 +100,8 @@ def parse(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:
 
 
 # The only values surge_events_dead_lettered_total{type} takes: client input is never a label.
-KNOWN_TYPES = frozenset({BULK_REQUESTED, JOB_ACCEPTED, JOB_COMPLETED, JOB_FAILED})
+# Every type this system sends or takes (a dead-lettered one is counted by its type).
+KNOWN_TYPES = frozenset({BULK_REQUESTED, JOB_ACCEPTED, *END_TYPES.values(), PREDICTION})
 ATTRIBUTE_MAX_CHARS = 1024
 
 

@@ -100,14 +100,16 @@ def _job_service(settings: Settings, metrics: Metrics) -> Any:
 
 
 def _error_response(error: SurgeError) -> JSONResponse:
+    """A SurgeError as its response; a 5xx is logged with its cause (for FastAPI's handler
+    and the fast path alike)."""
+    if error.status >= 500:
+        log.warning("%s: %s", error.code, error.message, exc_info=error.__cause__)
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers() or None)
 
 
 def _install_error_handlers(app: FastAPI) -> None:
     async def on_surge_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, SurgeError)
-        if exc.status >= 500:
-            log.warning("%s: %s", exc.code, exc.message, exc_info=exc.__cause__)
         return _error_response(exc)
 
     async def on_validation_error(request: Request, exc: Exception) -> JSONResponse:

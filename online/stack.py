@@ -89,8 +89,10 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run"),
     env = os.environ | {
         "SURGE_WORKER_METRICS_PORT": str(worker_metrics),
         "PORT": str(port), "SURGE_CACHE_URL": cache.url, "SURGE_REDIS_URL": jobs.url,
-        "SURGE_MODEL_DIR": str(model_dir), "SURGE_LOG_JSON": os.environ.get("SURGE_LOG_JSON",
-                                                                           "false")}
+        "SURGE_MODEL_DIR": str(model_dir),
+        "SURGE_LOG_JSON": os.environ.get("SURGE_LOG_JSON", "false"),
+        # one person's machine: `ssc list` lists the (anonymous) jobs unless told otherwise
+        "SURGE_JOBS_LIST_ANONYMOUS": os.environ.get("SURGE_JOBS_LIST_ANONYMOUS", "true")}
     # Own sessions: Ctrl-C reaches only this process, which sends each child one SIGTERM (a
     # second signal would cut the API's graceful drain short).
     api = subprocess.Popen([sys.executable, "-m", "online.cli", "serve"], env=env,

@@ -100,3 +100,26 @@ def test_request_past_its_deadline_answers_504(live_server) -> None:
     # Items that expired while queued never reached the model.
     assert len(backend.seen) < 4
     assert EXPIRED.search(after)
+
+
+class BrokenBackend(SlowBackend):
+    """Fails every forward pass (a model that crashes on its input)."""
+
+    def logits(self, batch_ids: list[list[int]]) -> np.ndarray:
+        raise RuntimeError("the engine failed")
+
+
+def test_a_model_failure_is_a_logged_500_on_the_fast_path_too(live_server, caplog) -> None:  # type: ignore[no-untyped-def]
+    bundle = ModelBundle(name="broken", version="1", labels=["NO", "YES"], lowercase=False,
+                         max_tokens=16, path=Path("."), manifest={},
+                         engine=BrokenBackend(0.0))
+    config = Settings(access_log=False, model_workers=1, cache="off")  # type: ignore[call-arg]
+    with live_server(create_app(config, bundle=bundle, metrics=Metrics())) as srv:
+        caplog.clear()
+        reply = httpx.post(f"{srv.url}/v1/predict", json={"text": "a"}, timeout=30)  # fast path
+        assert reply.status_code == 500 and reply.json()["error"]["code"] == "model_error"
+        assert "RuntimeError" not in reply.text  # the cause is logged, never sent
+        reply = httpx.post(f"{srv.url}/v1/bulk-predict", json={"texts": ["b"]}, timeout=30)
+        assert reply.status_code == 500 and reply.json()["error"]["code"] == "model_error"
+    logged = [r for r in caplog.records if r.name == "online.app" and "model_error" in r.message]
+    assert len(logged) == 2, [r.message for r in caplog.records]

@@ -181,6 +181,10 @@ def test_dead_letter_types_never_become_metric_labels(hostile) -> None:
         assert reply.status_code == 202, reply.text[:300]
     reply = client.post("/events/dead-letter", headers=STRUCTURED, content=structured())
     assert reply.status_code == 202
+    for ours in ("dev.surgeserve.job.cancelled", "dev.surgeserve.prediction"):  # our types
+        reply = client.post("/events/dead-letter", headers=STRUCTURED,
+                            content=structured(type=ours, id=ours[-8:]))
+        assert reply.status_code == 202
     metrics = client.get("/metrics")
     assert metrics.status_code == 200
     assert len(metrics.content) < 100_000, len(metrics.content)
@@ -188,8 +192,10 @@ def test_dead_letter_types_never_become_metric_labels(hostile) -> None:
              if line.startswith("surge_events_dead_lettered_total{")]
     assert sorted(lines) == sorted([
         'surge_events_dead_lettered_total{type="dev.surgeserve.bulk.requested"} 1.0',
+        'surge_events_dead_lettered_total{type="dev.surgeserve.job.cancelled"} 1.0',
+        'surge_events_dead_lettered_total{type="dev.surgeserve.prediction"} 1.0',
         'surge_events_dead_lettered_total{type="other"} 22.0'])
     kept = jobs.lrange("surge:deadletter", 0, -1)
-    assert len(kept) == 23 and max(len(entry) for entry in kept) < 20_000  # attributes cut
+    assert len(kept) == 25 and max(len(entry) for entry in kept) < 20_000  # attributes cut
     assert 0 < jobs.ttl("surge:deadletter") <= 7 * 24 * 3600
     assert client.post("/v1/predict", json={"text": "still fine"}).status_code == 200
