@@ -93,9 +93,10 @@ class InvalidItemId(InvalidInput):
 
 
 class UnknownModelInput(InvalidInput):
-    """A job named a model this deployment does not serve."""
+    """A job named a model this deployment does not serve: the body is wrong (422), unlike
+    UnknownModel, a path naming no model (404); each has its own code."""
 
-    code = "unknown_model"
+    code = "unknown_model_input"
 
 
 class UnknownEventType(InvalidInput):
