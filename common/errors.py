@@ -184,3 +184,16 @@ class ModelNotFound(SurgeError):
 
     status = 500
     code = "model_not_found"
+
+
+class ProtocolError(Exception):
+    """An Open Inference Protocol (/v2) error: a status and the protocol's own body
+    `{"error": message}` (not the SurgeError shape). One handler (online/app.py) answers it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+    def body(self) -> dict[str, Any]:
+        """The protocol's error body."""
+        return {"error": printable(self.message)}
