@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +39,9 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     model_name: str | None = None
     # Several models side by side: "name=path,name=path" (each any HF sequence-classification
-    # directory). The default model answers /v1/predict (first listed unless default_model).
-    # Unset: one model, SURGE_MODEL_DIR or the default bundle.
-    models: str | None = None
+    # directory), parsed once into {name: path}. The default model answers /v1/predict (first
+    # listed unless default_model). Unset: one model, SURGE_MODEL_DIR or the default bundle.
+    models: Annotated[dict[str, Path] | None, NoDecode] = None
     default_model: str | None = None
     max_tokens: int = Field(128, ge=8, le=4096)
     # The engine (common/engines): auto = the fastest measured on this CPU that passes the
@@ -120,9 +121,10 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9091, ge=0, le=65535)
 
     # Access. API keys as "name:sha256-of-key" pairs, comma-separated (`surgeserve keys new
-    # NAME` makes one); the keys themselves are never stored. Unset: no keys, all open. With
-    # keys, jobs belong to the key that made them; health, readiness and metrics stay open.
-    api_keys: str | None = None
+    # NAME` makes one), parsed once into {name: hash}; the keys themselves are never stored.
+    # Unset: no keys, all open. With keys, jobs belong to the key that made them; health,
+    # readiness and metrics stay open.
+    api_keys: Annotated[dict[str, str] | None, NoDecode] = None
     predict_auth: Literal["keyed", "open"] = "keyed"  # /v1/predict..., /v2 (with keys set)
     events_auth: Literal["keyed", "open"] = "open"  # /events: the Knative Trigger sends no key
     # Per key (or client address without keys), shared by all replicas through the cache
@@ -201,32 +203,37 @@ class Settings(BaseSettings):
             raise ValueError("SURGE_PAYLOAD_SINK: an http(s) URL, or k_sink (use K_SINK)")
         return value
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", mode="before")
     @classmethod
-    def _api_keys_spec(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_api_keys(value)
-        return value
+    def _api_keys_spec(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):  # given parsed (code): checked all the same
+            value = ",".join(f"{name}:{digest}" for name, digest in value.items())
+        return parse_api_keys(value) if isinstance(value, str) else value
 
-    @field_validator("models")
+    @field_validator("models", mode="before")
     @classmethod
-    def _models_spec(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_models(value)  # raises ValueError with the reason
+    def _models_spec(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            value = ",".join(f"{name}={path}" for name, path in value.items())
+        return parse_models(value) if isinstance(value, str) else value  # ValueError: why
+
+    @field_validator("default_model")
+    @classmethod
+    def _default_model_listed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        models = info.data.get("models")  # validated first: declared before default_model
+        if models and value and value not in models:
+            raise ValueError(f"SURGE_DEFAULT_MODEL={value!r} is not one of SURGE_MODELS "
+                             f"({', '.join(models)})")
         return value
 
     def model_specs(self) -> list[tuple[str | None, Path | None]]:
-        """(name, directory) per configured model; one (SURGE_MODEL_NAME, SURGE_MODEL_DIR)
-        when SURGE_MODELS is unset (None = the default bundle / its manifest name)."""
+        """(name, directory) per configured model, the default first; one (SURGE_MODEL_NAME,
+        SURGE_MODEL_DIR) when SURGE_MODELS is unset (None = the default bundle / its manifest
+        name)."""
         if not self.models:
             return [(self.model_name, self.model_dir)]
-        specs: list[tuple[str | None, Path | None]] = list(parse_models(self.models).items())
-        if self.default_model:
-            names = [n for n, _ in specs]
-            if self.default_model not in names:
-                raise ValueError(f"SURGE_DEFAULT_MODEL={self.default_model!r} is not one of "
-                                 f"SURGE_MODELS ({', '.join(str(n) for n in names)})")
-            specs.sort(key=lambda spec: spec[0] != self.default_model)
+        specs: list[tuple[str | None, Path | None]] = list(self.models.items())
+        specs.sort(key=lambda spec: spec[0] != self.default_model)  # stable: else as listed
         return specs
 
     def model_names(self) -> list[str] | None:
@@ -253,8 +260,10 @@ class Settings(BaseSettings):
             if out.get(key):
                 out[key] = mask_url(out[key])
         out["model_dir"] = str(out["model_dir"]) if out["model_dir"] else None
+        if out.get("models"):
+            out["models"] = {name: str(path) for name, path in out["models"].items()}
         if out.get("api_keys"):  # names only: even hashes stay out of logs
-            out["api_keys"] = sorted(parse_api_keys(out["api_keys"]))
+            out["api_keys"] = sorted(out["api_keys"])
         return out
 
     def warn_shared_redis(self) -> None:

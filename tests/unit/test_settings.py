@@ -57,3 +57,23 @@ def test_every_setting_is_in_the_readme_configuration_table() -> None:
         if not any(f"`{env}`" in table for env in names | {f"SURGE_{name.upper()}"}):
             undocumented.append(name)
     assert undocumented == []
+
+
+def test_api_keys_and_models_are_parsed_once_into_typed_values(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    alice, bob = "a" * 64, "B" * 64
+    monkeypatch.setenv("SURGE_API_KEYS", f"alice:{alice}, bob:{bob}")
+    monkeypatch.setenv("SURGE_MODELS", "one=/models/a,two=/models/b")
+    monkeypatch.setenv("SURGE_DEFAULT_MODEL", "two")
+    settings = Settings()
+    assert settings.api_keys == {"alice": alice, "bob": bob.lower()}
+    assert settings.models == {"one": Path("/models/a"), "two": Path("/models/b")}
+    assert settings.model_specs() == [("two", Path("/models/b")), ("one", Path("/models/a"))]
+    assert settings.masked()["api_keys"] == ["alice", "bob"]
+    assert Settings(api_keys={"carol": "c" * 64}).api_keys == {"carol": "c" * 64}
+    with pytest.raises(ValueError, match="64 hex"):
+        Settings(api_keys={"carol": "not-a-hash"})
+    monkeypatch.setenv("SURGE_DEFAULT_MODEL", "three")
+    with pytest.raises(ValueError, match="is not one of"):
+        Settings()
+
