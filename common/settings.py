@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     # listed unless default_model). Unset: one model, SURGE_MODEL_DIR or the default bundle.
     models: Annotated[dict[str, Path] | None, NoDecode] = None
     default_model: str | None = None
+    # Where `model build` caches bundles and compiled artifacts live (shared by checkouts).
+    model_home: Path = Field(default_factory=lambda: _cache_home() / "surgeserve" / "models")
     max_tokens: int = Field(128, ge=8, le=4096)
     # The engine (common/engines): auto = the fastest measured on this CPU that passes the
     # accuracy guard (README, Engines); the others force one. Precision likewise.
@@ -260,6 +262,7 @@ class Settings(BaseSettings):
             if out.get(key):
                 out[key] = mask_url(out[key])
         out["model_dir"] = str(out["model_dir"]) if out["model_dir"] else None
+        out["model_home"] = str(out["model_home"])
         if out.get("models"):
             out["models"] = {name: str(path) for name, path in out["models"].items()}
         if out.get("api_keys"):  # names only: even hashes stay out of logs
@@ -330,10 +333,11 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, auth + host, parts.path, parts.query, parts.fragment))
 
 
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 def default_model_home() -> Path:
-    """Where built models are cached: outside the repo, shared by every checkout."""
-    env = os.environ.get("SURGE_MODEL_HOME")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "surgeserve" / "models"
+    """SURGE_MODEL_HOME as Settings reads it, for callers given no Settings (tests,
+    benchmarks); the server passes its settings' model_home down instead."""
+    return Settings().model_home

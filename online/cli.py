@@ -11,10 +11,12 @@ from typing import Any
 
 
 def _cmd_model_build(args: argparse.Namespace) -> int:
+    from common.settings import Settings
     from common.training import TrainConfig, build, default_model_dir, ensure_compiled
 
+    home = Settings().model_home
     config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, limit=args.limit)
-    target = Path(args.output) if args.output else default_model_dir(config)
+    target = Path(args.output) if args.output else default_model_dir(config, home)
     if (target / "surgeserve.json").is_file() and not args.force:
         print(f"model already built: {target}  (--force rebuilds)", file=sys.stderr)
     else:
@@ -24,7 +26,7 @@ def _cmd_model_build(args: argparse.Namespace) -> int:
         print(f"held-out accuracy {manifest['metrics']['heldout_accuracy']:.4f}, "
               f"built in {manifest['build_seconds']} s", file=sys.stderr)
     print("compiling and measuring the engines on this CPU ...", file=sys.stderr)
-    compiled = ensure_compiled(target)
+    compiled = ensure_compiled(target, home)
     print(f"compiled (fast start): {compiled or 'no: serving uses transformers'}",
           file=sys.stderr)
     print(target)
@@ -34,11 +36,13 @@ def _cmd_model_build(args: argparse.Namespace) -> int:
 def _cmd_model_compile(args: argparse.Namespace) -> int:
     from common.chooser import measure
     from common.compiled import compile_model, read_meta
+    from common.settings import Settings
     from common.training import default_model_dir
 
-    path = Path(args.path) if args.path else default_model_dir()
+    home = Settings().model_home
+    path = Path(args.path) if args.path else default_model_dir(home=home)
     try:
-        where = compile_model(path)
+        where = compile_model(path, home=home)
     except ValueError as exc:
         print(f"not compiled: {exc}", file=sys.stderr)
         return 1

@@ -77,3 +77,15 @@ def test_api_keys_and_models_are_parsed_once_into_typed_values(
     with pytest.raises(ValueError, match="is not one of"):
         Settings()
 
+
+def test_model_home_is_a_setting_with_the_same_default(monkeypatch: pytest.MonkeyPatch,
+                                                       tmp_path: Path) -> None:
+    monkeypatch.delenv("SURGE_MODEL_HOME", raising=False)
+    monkeypatch.delenv("XDG_CACHE_HOME", raising=False)
+    assert Settings().model_home == Path.home() / ".cache" / "surgeserve" / "models"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert Settings().model_home == tmp_path / "xdg" / "surgeserve" / "models"
+    monkeypatch.setenv("SURGE_MODEL_HOME", str(tmp_path / "home"))
+    assert Settings().model_home == tmp_path / "home"
+    assert Settings().masked()["model_home"] == str(tmp_path / "home")
+
