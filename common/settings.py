@@ -71,7 +71,11 @@ class Settings(BaseSettings):
     # Padding a forward pass may carry, as a fraction of its real tokens (sorted texts of
     # unlike lengths go in separate passes).
     max_padding: float | None = Field(None, ge=0)
-    max_wait_ms: float = Field(0.0, ge=0, le=1000)
+    # Deprecated: SURGE_MAX_WAIT_MS, in milliseconds; still read (with a warning) into
+    # max_wait_s, which it must precede (its validator reads this one).
+    max_wait_ms: float | None = Field(None, ge=0, le=1000, exclude=True)
+    # Hold a non-full batch open this long for company (0: never wait).
+    max_wait_s: float = Field(0.0, ge=0, le=1, validate_default=True)
     max_queue: int = Field(1024, ge=1)
     # Shed (503 + Retry-After) a request whose items would wait longer than this behind the
     # queue at the measured model speed, rather than let it queue into a timeout. 0: only the
@@ -197,6 +201,18 @@ class Settings(BaseSettings):
             if lowered in {"1", "true", "yes", "on", "enabled"}:
                 return "on"
         return value
+
+    @field_validator("max_wait_s")
+    @classmethod
+    def _max_wait_from_ms(cls, value: float, info: ValidationInfo) -> float:
+        ms = info.data.get("max_wait_ms")
+        if ms is None:
+            return value
+        if value and value != ms / 1000:
+            raise ValueError(f"SURGE_MAX_WAIT_S={value:g} and the deprecated SURGE_MAX_WAIT_MS="
+                             f"{ms:g} disagree: set only SURGE_MAX_WAIT_S")
+        log.warning("SURGE_MAX_WAIT_MS is deprecated: set SURGE_MAX_WAIT_S=%g instead", ms / 1000)
+        return float(ms) / 1000
 
     @field_validator("payload_sink")
     @classmethod

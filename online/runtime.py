@@ -136,7 +136,7 @@ class Runtime:
                                       max_padding=cut.max_padding)
 
         return MicroBatcher(run_batch, max_batch_size=cut.max_batch, max_queue=s.max_queue,
-                            max_wait_ms=s.max_wait_ms, retry_after_s=s.retry_after_s,
+                            max_wait_ms=s.max_wait_s * 1000, retry_after_s=s.retry_after_s,
                             metrics=self.metrics, workers=s.model_workers or bundle.streams,
                             model=name, max_queue_wait_s=s.max_queue_wait_s)
 

@@ -89,3 +89,22 @@ def test_model_home_is_a_setting_with_the_same_default(monkeypatch: pytest.Monke
     assert Settings().model_home == tmp_path / "home"
     assert Settings().masked()["model_home"] == str(tmp_path / "home")
 
+
+def test_max_wait_is_in_seconds_and_the_old_ms_setting_still_works(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    assert Settings().max_wait_s == 0.0
+    monkeypatch.setenv("SURGE_MAX_WAIT_S", "0.004")
+    assert Settings().max_wait_s == pytest.approx(0.004) and not caplog.records
+    monkeypatch.delenv("SURGE_MAX_WAIT_S")
+    monkeypatch.setenv("SURGE_MAX_WAIT_MS", "5")  # an existing deployment's setting
+    assert Settings().max_wait_s == pytest.approx(0.005)
+    assert "SURGE_MAX_WAIT_MS is deprecated" in caplog.text
+    assert "max_wait_ms" not in Settings().masked()
+    monkeypatch.setenv("SURGE_MAX_WAIT_S", "0")  # the new manifest's default beside it
+    assert Settings().max_wait_s == pytest.approx(0.005)
+    monkeypatch.setenv("SURGE_MAX_WAIT_S", "0.002")
+    with pytest.raises(ValueError, match="disagree"):
+        Settings()
+    monkeypatch.setenv("SURGE_MAX_WAIT_MS", "5000")  # the old bound still holds
+    with pytest.raises(ValueError):
+        Settings()
