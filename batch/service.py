@@ -61,7 +61,8 @@ class JobService:
         """Run a blocking store/broker call off the loop; Redis failures become 503."""
         try:
             return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
-        except (redis.ConnectionError, redis.TimeoutError, OSError, OperationalError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError,
+                OperationalError) as exc:  # ReadOnlyError: a failover demoted the primary
             raise JobsUnavailable("the job store is unavailable; retry shortly",
                                   retry_after=self.settings.retry_after_s) from exc
         except redis.ResponseError as exc:
