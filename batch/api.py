@@ -15,7 +15,7 @@ from batch.items import ItemIds, check_id, split_items
 from batch.service import JobService
 from batch.store import OWNER_INDEX_KEEP
 from common.errors import InvalidInput, NotReady, UnsupportedMediaType
-from common.schemas import PRICED_BY_TEXTS, ErrorResponse, media_type
+from common.schemas import PRICED_BY_TEXTS, error_docs, media_type
 
 NDJSON = "application/x-ndjson"
 log = logging.getLogger(__name__)
@@ -37,10 +37,6 @@ def principal(request: Request) -> str | None:
 Jobs = Annotated[JobService, Depends(job_service)]
 router = APIRouter(tags=["jobs"])
 events_router = APIRouter(tags=["events"])  # the Knative Trigger's side: its own access rule
-
-
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in codes}
 
 
 def _view(job: dict[str, Any]) -> dict[str, Any]:
@@ -108,7 +104,7 @@ async def _charge(request: Request, texts: int) -> None:
         await charge(max(1, texts))
 
 
-@router.post("/v1/jobs", status_code=202, responses=_errors(413, 415, 422, 503))
+@router.post("/v1/jobs", status_code=202, responses=error_docs(413, 415, 422, 503))
 async def submit_job(request: Request, jobs: Jobs,
                      model: Annotated[str | None, Query(description="model name (NDJSON "
                                                         "uploads; JSON may say \"model\")")]
@@ -129,7 +125,7 @@ async def submit_job(request: Request, jobs: Jobs,
                         headers={"Location": f"/v1/jobs/{job['id']}"})
 
 
-@router.get("/v1/jobs", responses=_errors(403, 503))
+@router.get("/v1/jobs", responses=error_docs(403, 503))
 async def list_jobs(request: Request, jobs: Jobs,
                     offset: Annotated[int, Query(ge=0, le=OWNER_INDEX_KEEP)] = 0,
                     limit: Annotated[int, Query(ge=1, le=100)] = 20) -> dict[str, Any]:
@@ -142,7 +138,7 @@ async def list_jobs(request: Request, jobs: Jobs,
             "next": f"/v1/jobs?offset={following}&limit={limit}" if following else None}
 
 
-@router.get("/v1/limits", responses=_errors(503))
+@router.get("/v1/limits", responses=error_docs(503))
 async def limits(jobs: Jobs) -> dict[str, int]:
     """The limits a client splits its input by: texts and bytes per job, characters per
     text, texts and bytes per bulk prediction."""
@@ -152,13 +148,13 @@ async def limits(jobs: Jobs) -> dict[str, int]:
             "max_body_bytes": s.max_body_bytes, "job_chunk_size": s.job_chunk_size}
 
 
-@router.get("/v1/jobs/{job_id}", responses=_errors(404, 503))
+@router.get("/v1/jobs/{job_id}", responses=error_docs(404, 503))
 async def job_status(request: Request, job_id: str, jobs: Jobs) -> dict[str, Any]:
     """Status (queued, running, succeeded, failed, cancelled) and exact progress."""
     return _view(await jobs.get(job_id, principal(request)))
 
 
-@router.get("/v1/jobs/{job_id}/results", responses=_errors(404, 503))
+@router.get("/v1/jobs/{job_id}/results", responses=error_docs(404, 503))
 async def job_results(request: Request, job_id: str, jobs: Jobs,
                       offset: Annotated[int, Query(ge=0)] = 0,
                       limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> Response:
@@ -177,14 +173,14 @@ async def job_results(request: Request, job_id: str, jobs: Jobs,
                          "results": page, "next": next_link})
 
 
-@router.delete("/v1/jobs/{job_id}", responses=_errors(404, 503))
+@router.delete("/v1/jobs/{job_id}", responses=error_docs(404, 503))
 async def cancel_job(request: Request, job_id: str, jobs: Jobs) -> dict[str, Any]:
     """Cancel: chunks not yet run are skipped; results already written stay readable."""
     return _view(await jobs.cancel(job_id, principal(request)))
 
 
 @events_router.post("/events", status_code=202, openapi_extra=PRICED_BY_TEXTS,
-                   responses=_errors(400, 413, 415, 422, 503))
+                   responses=error_docs(400, 413, 415, 422, 503))
 async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
     """CloudEvents 1.0 sink (binary or structured): `dev.surgeserve.bulk.requested` with
     `{"texts": [...]}` creates a job; redelivery of the same source+id returns the same job.
@@ -206,7 +202,7 @@ async def cloudevents_sink(request: Request, jobs: Jobs) -> Response:
 
 
 @events_router.post("/events/dead-letter", status_code=202,
-                    responses=_errors(400, 413, 415, 422, 503))
+                    responses=error_docs(400, 413, 415, 422, 503))
 async def dead_letter_sink(request: Request, jobs: Jobs) -> Response:
     """The Trigger's dead-letter sink: any CloudEvent the Broker gave up delivering is kept
     (Redis list `surge:deadletter`: attributes and data cut to SURGE_DEAD_LETTER_MAX_BYTES,

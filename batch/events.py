@@ -22,7 +22,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from batch.items import ItemIds, split_items
 from batch.store import JobStore
-from common.errors import InvalidInput, UnsupportedMediaType, printable
+from common.errors import InvalidInput, UnknownEventType, UnsupportedMediaType, printable
 from common.payload import EVENT_TYPE as PREDICTION
 from common.schemas import media_type
 from common.settings import Settings
@@ -38,10 +38,6 @@ JOB_FAILED = "dev.surgeserve.job.failed"
 JOB_CANCELLED = "dev.surgeserve.job.cancelled"
 END_TYPES = {"succeeded": JOB_COMPLETED, "failed": JOB_FAILED, "cancelled": JOB_CANCELLED}
 _FORMAT = JSONFormat()
-
-
-class UnknownEventType(InvalidInput):
-    code = "unknown_event_type"
 
 
 def decode(headers: dict[str, str], body: bytes) -> tuple[Any, bool]:

@@ -10,17 +10,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from common.errors import InvalidInput
+from common.errors import InvalidInput, InvalidItemId
 from common.textnorm import is_text
 
 MAX_ID_CHARS = 256
 ItemIds = list[str | int | None]
-
-
-class InvalidItemId(InvalidInput):
-    """An item's id is not a short string or an integer."""
-
-    code = "invalid_id"
 
 
 def split_items(values: list[Any], where: str = "texts") -> tuple[list[str], ItemIds | None]:

@@ -21,9 +21,10 @@ from common.errors import (
     InvalidInput,
     JobsFull,
     JobsUnavailable,
+    ListingNeedsKey,
     NotFound,
-    SurgeError,
     TooManyItems,
+    UnknownModelInput,
 )
 from common.metrics import Metrics
 from common.settings import Settings
@@ -31,20 +32,6 @@ from common.textnorm import check_text, is_text
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
-
-
-class UnknownModelInput(InvalidInput):
-    """A job named a model this deployment does not serve."""
-
-    code = "unknown_model"
-
-
-class ListingNeedsKey(SurgeError):
-    """A keyless server lists no jobs unless SURGE_JOBS_LIST_ANONYMOUS: there, a job id is
-    the only thing that lets a caller read the job, and a list would hand out every id."""
-
-    status = 403
-    code = "listing_needs_key"
 
 
 class JobService:
@@ -74,7 +61,8 @@ class JobService:
         """Run a blocking store/broker call off the loop; Redis failures become 503."""
         try:
             return await asyncio.to_thread(functools.partial(fn, *args, **kwargs))
-        except (redis.ConnectionError, redis.TimeoutError, OSError, OperationalError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, redis.ReadOnlyError, OSError,
+                OperationalError) as exc:  # ReadOnlyError: a failover demoted the primary
             raise JobsUnavailable("the job store is unavailable; retry shortly",
                                   retry_after=self.settings.retry_after_s) from exc
         except redis.ResponseError as exc:

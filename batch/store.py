@@ -36,7 +36,7 @@ from typing import Any, cast
 import redis
 
 from batch import scripts
-from common.errors import InvalidInput, NotFound
+from common.errors import IdempotencyKeyReused, NotFound
 
 QUEUED, RUNNING = "queued", "running"
 SUCCEEDED, FAILED, CANCELLED = "succeeded", "failed", "cancelled"
@@ -68,12 +68,6 @@ for _ = 1, 16 do
 end
 return redis.call('LLEN', KEYS[1])
 """
-
-
-class IdempotencyKeyReused(InvalidInput):
-    """The idempotency key was used before for a different body (texts or model)."""
-
-    code = "idempotency_key_reused"
 
 
 def _key(job_id: str, part: str = "") -> str:

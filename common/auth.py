@@ -25,8 +25,9 @@ def new_key() -> str:
 class KeyRing:
     """The configured keys, by name."""
 
-    def __init__(self, spec: str | None):
-        self._hashes = parse_api_keys(spec) if spec else {}
+    def __init__(self, hashes: Mapping[str, str] | str | None):
+        """`hashes`: {name: SHA-256 hex} as Settings.api_keys holds them (or their spec)."""
+        self._hashes = dict(parse_api_keys(hashes) if isinstance(hashes, str) else hashes or {})
 
     @property
     def enabled(self) -> bool:

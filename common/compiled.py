@@ -66,10 +66,11 @@ def _quiet_export() -> Iterator[None]:
         yield
 
 
-def compiled_dir(weights: str) -> Path:
-    """Where the artifact for these weights (their hash) lives."""
+def compiled_dir(weights: str, home: Path | None = None) -> Path:
+    """Where the artifact for these weights (their hash) lives under the model home
+    (Settings.model_home; None: as Settings reads it now)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{weights}-{FORMAT}")
-    return default_model_home() / "compiled" / safe
+    return (home or default_model_home()) / "compiled" / safe
 
 
 def read_meta(where: Path) -> dict[str, Any] | None:
@@ -126,7 +127,7 @@ def _export(engine: TorchEngine, target: Path) -> None:
         program.save(str(target))
 
 
-def compile_model(path: Path, *, max_tokens: int = 512) -> Path:
+def compile_model(path: Path, *, max_tokens: int = 512, home: Path | None = None) -> Path:
     """Export, verify and write the artifact for the model in `path`; returns its directory.
     (`common.chooser.choose` then measures the engines on it.)"""
     path = Path(path)
@@ -135,7 +136,7 @@ def compile_model(path: Path, *, max_tokens: int = 512) -> Path:
     eager = open_torch(path, Spec("transformers", "fp32", 1, os.cpu_count() or 1), max_tokens)
     if not (path / TOKENIZER).is_file():
         raise ModelNotFound(f"{path} has no {TOKENIZER} (a fast tokenizer is needed to compile)")
-    target = compiled_dir(weights)
+    target = compiled_dir(weights, home)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".compiling-", dir=target.parent))
     try:

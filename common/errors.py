@@ -86,6 +86,31 @@ class TooManyItems(InvalidInput):
     code = "too_many_items"
 
 
+class InvalidItemId(InvalidInput):
+    """A job item's id is not a short string or an integer."""
+
+    code = "invalid_id"
+
+
+class UnknownModelInput(InvalidInput):
+    """A job named a model this deployment does not serve: the body is wrong (422), unlike
+    UnknownModel, a path naming no model (404); each has its own code."""
+
+    code = "unknown_model_input"
+
+
+class UnknownEventType(InvalidInput):
+    """A CloudEvent of a type the sink does not take."""
+
+    code = "unknown_event_type"
+
+
+class IdempotencyKeyReused(InvalidInput):
+    """The idempotency key was used before for a different body (texts or model)."""
+
+    code = "idempotency_key_reused"
+
+
 class PayloadTooLarge(SurgeError):
     status = 413
     code = "payload_too_large"
@@ -94,6 +119,14 @@ class PayloadTooLarge(SurgeError):
 class UnsupportedMediaType(SurgeError):
     status = 415
     code = "unsupported_media_type"
+
+
+class ListingNeedsKey(SurgeError):
+    """A keyless server lists no jobs unless SURGE_JOBS_LIST_ANONYMOUS: there, a job id is
+    the only thing that lets a caller read the job, and a list would hand out every id."""
+
+    status = 403
+    code = "listing_needs_key"
 
 
 class NotFound(SurgeError):
@@ -151,3 +184,16 @@ class ModelNotFound(SurgeError):
 
     status = 500
     code = "model_not_found"
+
+
+class ProtocolError(Exception):
+    """An Open Inference Protocol (/v2) error: a status and the protocol's own body
+    `{"error": message}` (not the SurgeError shape). One handler (online/app.py) answers it."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+    def body(self) -> dict[str, Any]:
+        """The protocol's error body."""
+        return {"error": printable(self.message)}

@@ -24,7 +24,7 @@ from common.engines import Engine, Spec, open_engine
 from common.engines import torch as torch_engine
 from common.errors import ModelNotFound
 from common.identity import Identity, read_manifest, resolve, weights_stat
-from common.settings import Settings, usable_cpus
+from common.settings import Settings, default_model_home, usable_cpus
 
 log = logging.getLogger(__name__)
 
@@ -66,15 +66,16 @@ def load_configured(settings: Settings, path: Path | None = None,
     say: name, token limit, engine request."""
     from common.training import default_model_dir
 
-    where = Path(path or settings.model_dir or default_model_dir())
+    where = Path(path or settings.model_dir or default_model_dir(home=settings.model_home))
     return load_bundle(where, name=name or settings.model_name, max_tokens=settings.max_tokens,
-                       request=EngineRequest.from_settings(settings))
+                       request=EngineRequest.from_settings(settings), home=settings.model_home)
 
 
 def load_bundle(path: Path, *, name: str | None = None, max_tokens: int = 128,
                 request: EngineRequest | None = None, warmup: bool = True,
-                compiled: bool = True) -> ModelBundle:
-    """Load a local Hugging Face sequence-classification directory (no hub access)."""
+                compiled: bool = True, home: Path | None = None) -> ModelBundle:
+    """Load a local Hugging Face sequence-classification directory (no hub access); its
+    compiled artifact is looked for under `home` (Settings.model_home)."""
     started = time.perf_counter()
     path = Path(path)
     request = request or EngineRequest()
@@ -86,7 +87,7 @@ def load_bundle(path: Path, *, name: str | None = None, max_tokens: int = 128,
             {"hint": "run `surgeserve model build`, or set SURGE_MODEL_DIR"},
         )
     manifest = read_manifest(path)
-    identity, artifact, meta = _identify(path, manifest)
+    identity, artifact, meta = _identify(path, manifest, home)
     bundle = None
     if meta is not None and request.engine != "transformers":
         bundle = _load_compiled(path, manifest, identity, artifact, meta, max_tokens, request)
@@ -107,15 +108,17 @@ def load_bundle(path: Path, *, name: str | None = None, max_tokens: int = 128,
     return bundle
 
 
-def _identify(path: Path, manifest: dict[str, Any],
+def _identify(path: Path, manifest: dict[str, Any], home: Path | None,
               ) -> tuple[Identity, Path, dict[str, Any] | None]:
     """The model's identity, its artifact's directory, and the artifact's meta when it was
     compiled from exactly these weights."""
     claimed = str(manifest.get("version") or "")
-    hint = read_meta(compiled_dir(claimed)) if claimed else None
+    home = home or default_model_home()
+    hint = read_meta(compiled_dir(claimed, home)) if claimed else None
     identity = resolve(path, manifest, (hint or {}).get("weights"))
-    artifact = compiled_dir(identity.weights)
-    meta = hint if hint is not None and artifact == compiled_dir(claimed) else read_meta(artifact)
+    artifact = compiled_dir(identity.weights, home)
+    meta = (hint if hint is not None and artifact == compiled_dir(claimed, home)
+            else read_meta(artifact))
     if meta is None:
         return identity, artifact, None
     compiled_from = (meta.get("weights") or {}).get("hash") or meta.get("version")

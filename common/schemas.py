@@ -67,6 +67,18 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
+class ProtocolErrorBody(BaseModel):
+    """The Open Inference Protocol's error shape (/v2)."""
+
+    error: str
+
+
+def error_docs(*codes: int, model: type[BaseModel] = ErrorResponse,
+                      ) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a route's error statuses, each with its body's model."""
+    return {code: {"model": model} for code in codes}
+
+
 class ModelCard(BaseModel):
     name: str
     version: str

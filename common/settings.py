@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
-from pydantic import AliasChoices, Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, ValidationInfo, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,12 @@ class Settings(BaseSettings):
     model_dir: Path | None = None
     model_name: str | None = None
     # Several models side by side: "name=path,name=path" (each any HF sequence-classification
-    # directory). The default model answers /v1/predict (first listed unless default_model).
-    # Unset: one model, SURGE_MODEL_DIR or the default bundle.
-    models: str | None = None
+    # directory), parsed once into {name: path}. The default model answers /v1/predict (first
+    # listed unless default_model). Unset: one model, SURGE_MODEL_DIR or the default bundle.
+    models: Annotated[dict[str, Path] | None, NoDecode] = None
     default_model: str | None = None
+    # Where `model build` caches bundles and compiled artifacts live (shared by checkouts).
+    model_home: Path = Field(default_factory=lambda: _cache_home() / "surgeserve" / "models")
     max_tokens: int = Field(128, ge=8, le=4096)
     # The engine (common/engines): auto = the fastest measured on this CPU that passes the
     # accuracy guard (README, Engines); the others force one. Precision likewise.
@@ -68,7 +71,11 @@ class Settings(BaseSettings):
     # Padding a forward pass may carry, as a fraction of its real tokens (sorted texts of
     # unlike lengths go in separate passes).
     max_padding: float | None = Field(None, ge=0)
-    max_wait_ms: float = Field(0.0, ge=0, le=1000)
+    # Deprecated: SURGE_MAX_WAIT_MS, in milliseconds; still read (with a warning) into
+    # max_wait_s, which it must precede (its validator reads this one).
+    max_wait_ms: float | None = Field(None, ge=0, le=1000, exclude=True)
+    # Hold a non-full batch open this long for company (0: never wait).
+    max_wait_s: float = Field(0.0, ge=0, le=1, validate_default=True)
     max_queue: int = Field(1024, ge=1)
     # Shed (503 + Retry-After) a request whose items would wait longer than this behind the
     # queue at the measured model speed, rather than let it queue into a timeout. 0: only the
@@ -120,9 +127,10 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9091, ge=0, le=65535)
 
     # Access. API keys as "name:sha256-of-key" pairs, comma-separated (`surgeserve keys new
-    # NAME` makes one); the keys themselves are never stored. Unset: no keys, all open. With
-    # keys, jobs belong to the key that made them; health, readiness and metrics stay open.
-    api_keys: str | None = None
+    # NAME` makes one), parsed once into {name: hash}; the keys themselves are never stored.
+    # Unset: no keys, all open. With keys, jobs belong to the key that made them; health,
+    # readiness and metrics stay open.
+    api_keys: Annotated[dict[str, str] | None, NoDecode] = None
     predict_auth: Literal["keyed", "open"] = "keyed"  # /v1/predict..., /v2 (with keys set)
     events_auth: Literal["keyed", "open"] = "open"  # /events: the Knative Trigger sends no key
     # Per key (or client address without keys), shared by all replicas through the cache
@@ -194,6 +202,18 @@ class Settings(BaseSettings):
                 return "on"
         return value
 
+    @field_validator("max_wait_s")
+    @classmethod
+    def _max_wait_from_ms(cls, value: float, info: ValidationInfo) -> float:
+        ms = info.data.get("max_wait_ms")
+        if ms is None:
+            return value
+        if value and value != ms / 1000:
+            raise ValueError(f"SURGE_MAX_WAIT_S={value:g} and the deprecated SURGE_MAX_WAIT_MS="
+                             f"{ms:g} disagree: set only SURGE_MAX_WAIT_S")
+        log.warning("SURGE_MAX_WAIT_MS is deprecated: set SURGE_MAX_WAIT_S=%g instead", ms / 1000)
+        return float(ms) / 1000
+
     @field_validator("payload_sink")
     @classmethod
     def _payload_sink_spec(cls, value: str | None) -> str | None:
@@ -201,32 +221,37 @@ class Settings(BaseSettings):
             raise ValueError("SURGE_PAYLOAD_SINK: an http(s) URL, or k_sink (use K_SINK)")
         return value
 
-    @field_validator("api_keys")
+    @field_validator("api_keys", mode="before")
     @classmethod
-    def _api_keys_spec(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_api_keys(value)
-        return value
+    def _api_keys_spec(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):  # given parsed (code): checked all the same
+            value = ",".join(f"{name}:{digest}" for name, digest in value.items())
+        return parse_api_keys(value) if isinstance(value, str) else value
 
-    @field_validator("models")
+    @field_validator("models", mode="before")
     @classmethod
-    def _models_spec(cls, value: str | None) -> str | None:
-        if value is not None:
-            parse_models(value)  # raises ValueError with the reason
+    def _models_spec(cls, value: Any) -> Any:
+        if isinstance(value, Mapping):
+            value = ",".join(f"{name}={path}" for name, path in value.items())
+        return parse_models(value) if isinstance(value, str) else value  # ValueError: why
+
+    @field_validator("default_model")
+    @classmethod
+    def _default_model_listed(cls, value: str | None, info: ValidationInfo) -> str | None:
+        models = info.data.get("models")  # validated first: declared before default_model
+        if models and value and value not in models:
+            raise ValueError(f"SURGE_DEFAULT_MODEL={value!r} is not one of SURGE_MODELS "
+                             f"({', '.join(models)})")
         return value
 
     def model_specs(self) -> list[tuple[str | None, Path | None]]:
-        """(name, directory) per configured model; one (SURGE_MODEL_NAME, SURGE_MODEL_DIR)
-        when SURGE_MODELS is unset (None = the default bundle / its manifest name)."""
+        """(name, directory) per configured model, the default first; one (SURGE_MODEL_NAME,
+        SURGE_MODEL_DIR) when SURGE_MODELS is unset (None = the default bundle / its manifest
+        name)."""
         if not self.models:
             return [(self.model_name, self.model_dir)]
-        specs: list[tuple[str | None, Path | None]] = list(parse_models(self.models).items())
-        if self.default_model:
-            names = [n for n, _ in specs]
-            if self.default_model not in names:
-                raise ValueError(f"SURGE_DEFAULT_MODEL={self.default_model!r} is not one of "
-                                 f"SURGE_MODELS ({', '.join(str(n) for n in names)})")
-            specs.sort(key=lambda spec: spec[0] != self.default_model)
+        specs: list[tuple[str | None, Path | None]] = list(self.models.items())
+        specs.sort(key=lambda spec: spec[0] != self.default_model)  # stable: else as listed
         return specs
 
     def model_names(self) -> list[str] | None:
@@ -253,8 +278,11 @@ class Settings(BaseSettings):
             if out.get(key):
                 out[key] = mask_url(out[key])
         out["model_dir"] = str(out["model_dir"]) if out["model_dir"] else None
+        out["model_home"] = str(out["model_home"])
+        if out.get("models"):
+            out["models"] = {name: str(path) for name, path in out["models"].items()}
         if out.get("api_keys"):  # names only: even hashes stay out of logs
-            out["api_keys"] = sorted(parse_api_keys(out["api_keys"]))
+            out["api_keys"] = sorted(out["api_keys"])
         return out
 
     def warn_shared_redis(self) -> None:
@@ -321,10 +349,11 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, auth + host, parts.path, parts.query, parts.fragment))
 
 
+def _cache_home() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+
+
 def default_model_home() -> Path:
-    """Where built models are cached: outside the repo, shared by every checkout."""
-    env = os.environ.get("SURGE_MODEL_HOME")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "surgeserve" / "models"
+    """SURGE_MODEL_HOME as Settings reads it, for callers given no Settings (tests,
+    benchmarks); the server passes its settings' model_home down instead."""
+    return Settings().model_home

@@ -48,10 +48,11 @@ class TrainConfig:
         return hashlib.blake2b(blob, digest_size=5).hexdigest()
 
 
-def default_model_dir(config: TrainConfig | None = None) -> Path:
-    """Where the default bundle for these settings lives (outside the repo)."""
+def default_model_dir(config: TrainConfig | None = None, home: Path | None = None) -> Path:
+    """Where the default bundle for these training settings lives under the model home
+    (Settings.model_home, outside the repo; None: as Settings reads it now)."""
     config = config or TrainConfig()
-    return default_model_home() / f"{MODEL_NAME}-{config.key()}"
+    return (home or default_model_home()) / f"{MODEL_NAME}-{config.key()}"
 
 
 def encoder_dir() -> Path:
@@ -65,26 +66,27 @@ def heldout_examples(config: TrainConfig | None = None) -> list[Example]:
     return split(load_examples(), test_fraction=config.test_fraction, seed=config.seed)[1]
 
 
-def ensure_default_model(config: TrainConfig | None = None, *, progress: bool = True) -> Path:
+def ensure_default_model(config: TrainConfig | None = None, *, progress: bool = True,
+                         home: Path | None = None) -> Path:
     """Return the default bundle's directory, building (and compiling) it first if missing."""
-    target = default_model_dir(config)
+    target = default_model_dir(config, home)
     if not (target / MANIFEST).is_file():
         build(config or TrainConfig(), target, progress=progress)
-    ensure_compiled(target)
+    ensure_compiled(target, home)
     return target
 
 
-def ensure_compiled(path: Path) -> Path | None:
+def ensure_compiled(path: Path, home: Path | None = None) -> Path | None:
     """Compile the fast-start artifact for `path` unless it exists, and measure the engines on
     it unless they were measured on this CPU; None if it cannot be compiled."""
     from common.chooser import measure, recorded
     from common.compiled import compile_model, compiled_dir, read_meta
 
-    where = compiled_dir(weights_hash(path))
+    where = compiled_dir(weights_hash(path), home)
     meta = read_meta(where)
     if meta is None:
         try:
-            where = compile_model(path)
+            where = compile_model(path, home=home)
         except ValueError as exc:  # verification failed: serving uses the eager path
             log.warning("not compiled: %s", exc)
             return None

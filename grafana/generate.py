@@ -117,6 +117,14 @@ def online() -> dict[str, Any]:
     """The predictor: traffic, latency, cache, batching, autoscaling, drift."""
     pred = f'{NS}, component="predictor"'
     return dashboard("surgeserve-online", "surgeserve / online predictor", [
+        *_traffic_panels(pred), *_batching_panels(pred), *_autoscaling_panels(pred),
+        *_health_panels(pred), *prediction_events(),
+    ])
+
+
+def _traffic_panels(pred: str) -> list[dict[str, Any]]:
+    """Requests, latency, errors and the cache."""
+    return [
         panel("Requests by route and status", [
             {"expr": f"sum by (route, status) (rate(surge_requests_total{{{pred}}}[{RATE}]))",
              "legendFormat": "{{route}} {{status}}"}], "reqps"),
@@ -138,6 +146,12 @@ def online() -> dict[str, Any]:
                      f'sum(rate(surge_cache_lookups_total{{{pred}, tier="lru"}}[{RATE}]))',
              "legendFormat": "overall"}], "percentunit",
             "The LRU sees every lookup, Redis only the LRU's misses."),
+    ]
+
+
+def _batching_panels(pred: str) -> list[dict[str, Any]]:
+    """Each model's batcher: batch size, queue wait, forward pass."""
+    return [
         panel("Batch size by model", [
             *quantiles("surge_batch_size", pred, by="model", qs=(0.5, 0.9)),
             {"expr": f"sum by (model) (rate(surge_batch_size_sum{{{pred}}}[{RATE}])) / "
@@ -149,6 +163,12 @@ def online() -> dict[str, Any]:
         panel("Forward pass by model", quantiles("surge_forward_seconds", pred, by="model",
                                                  qs=(0.5, 0.99)),
               "s", "Tokenise + forward + softmax, per batch."),
+    ]
+
+
+def _autoscaling_panels(pred: str) -> list[dict[str, Any]]:
+    """Concurrency and pods, as surgeserve and Knative's autoscaler see them."""
+    return [
         panel("In flight per pod vs the Knative target", [
             {"expr": f"avg(surge_requests_in_flight{{{pred}}})",
              "legendFormat": "in flight per pod (surgeserve)"},
@@ -163,6 +183,12 @@ def online() -> dict[str, Any]:
              "legendFormat": "ready (surgeserve /readyz)"},
             {"expr": kn("max", "panic"), "legendFormat": "panic"}],
             "short"),
+    ]
+
+
+def _health_panels(pred: str) -> list[dict[str, Any]]:
+    """Load shed, labels, the cache Redis, model versions, connections."""
+    return [
         panel("Rejected (overload, deadline) and queued", [
             {"expr": f"sum by (model, reason) (rate(surge_rejected_total{{{pred}}}[{RATE}]))",
              "legendFormat": "{{model}} {{reason}}"},
@@ -187,8 +213,7 @@ def online() -> dict[str, Any]:
                      f"[{RATE}]))", "legendFormat": "closed {{reason}}"}], "short",
             "Timeouts (headers, body, idle) and the connection cap (evicted, refused): "
             "slow or idle clients shed before they exhaust file descriptors."),
-        *prediction_events(),
-    ])
+    ]
 
 
 def prediction_events() -> list[dict[str, Any]]:

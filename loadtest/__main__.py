@@ -9,7 +9,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 from common.corpus import snippets
 from loadtest import kpa, plots
@@ -149,52 +149,68 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The argument parser: one subcommand per load-test task."""
     parser = argparse.ArgumentParser(prog="python -m loadtest", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_sweep, _add_simulate, _add_tune, _add_validate):
+        add(sub)
+    return parser
 
-    def common(p: argparse.ArgumentParser, name: str, target: bool = True) -> None:
-        p.add_argument("--out", default="bench-results/loadtest",
-                       help="directory for the JSON, CSV and PNG results")
-        p.add_argument("--name", default=name, help="file name stem of the results")
-        p.add_argument("--seed", type=int, default=1, help="random seed (texts, arrivals)")
-        if target:
-            p.add_argument("--url", help="base URL of a running service")
-            p.add_argument("--start-server", action="store_true",
-                           help="start one `surgeserve serve` here (its cold start is measured)")
-            p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
-                           help="settings for the started server, e.g. SURGE_CACHE=off")
-            p.add_argument("--corpus-size", type=int, default=None,
-                           help="distinct texts to draw from (default: the whole corpus)")
-            p.add_argument("--zipf", type=float, default=1.2,
-                           help="Zipf exponent of text popularity (higher: more repeats)")
-            p.add_argument("--hit-rate", type=float, default=None,
-                           help="instead of Zipf: repeat a sent text with this probability")
 
-    def pod(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--workers", type=int, default=2,
-                       help="model threads per pod (SURGE_WORKERS; default one per CPU: the "
-                            "predictor's 2)")
+# What add_subparsers returns.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 
-    def model(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--curve", required=True,
-                       help="a capacity curve: a sweep's JSON, or the --summary-export JSON of "
-                            "loadtest/k6/script.js run with MODE=sweep")
-        p.add_argument("--cold-start", type=float, default=None,
-                       help="seconds from pod start to ready (default: the sweep's measure)")
-        p.add_argument("--trace", default="spike",
-                       choices=["constant", "diurnal", "spike", "onoff"],
-                       help="traffic shape over time")
-        p.add_argument("--seconds", type=float, default=900, help="length of the trace")
-        p.add_argument("--rate", type=float, default=300, help="peak requests/s")
-        p.add_argument("--low", type=float, default=30, help="base requests/s")
-        p.add_argument("--period", type=float, default=600,
-                       help="seconds per cycle (diurnal, onoff)")
-        p.add_argument("--at", type=float, default=300, help="spike start, seconds")
-        p.add_argument("--length", type=float, default=60,
-                       help="seconds at the peak (spike, onoff)")
 
+def _common(p: argparse.ArgumentParser, name: str, target: bool = True) -> None:
+    """Output options, and (target) the service under load and its traffic."""
+    p.add_argument("--out", default="bench-results/loadtest",
+                   help="directory for the JSON, CSV and PNG results")
+    p.add_argument("--name", default=name, help="file name stem of the results")
+    p.add_argument("--seed", type=int, default=1, help="random seed (texts, arrivals)")
+    if target:
+        p.add_argument("--url", help="base URL of a running service")
+        p.add_argument("--start-server", action="store_true",
+                       help="start one `surgeserve serve` here (its cold start is measured)")
+        p.add_argument("--server-env", nargs="*", default=[], metavar="KEY=VALUE",
+                       help="settings for the started server, e.g. SURGE_CACHE=off")
+        p.add_argument("--corpus-size", type=int, default=None,
+                       help="distinct texts to draw from (default: the whole corpus)")
+        p.add_argument("--zipf", type=float, default=1.2,
+                       help="Zipf exponent of text popularity (higher: more repeats)")
+        p.add_argument("--hit-rate", type=float, default=None,
+                       help="instead of Zipf: repeat a sent text with this probability")
+
+
+def _pod(p: argparse.ArgumentParser) -> None:
+    """The simulated pod."""
+    p.add_argument("--workers", type=int, default=2,
+                   help="model threads per pod (SURGE_WORKERS; default one per CPU: the "
+                        "predictor's 2)")
+
+
+def _curve_and_trace(p: argparse.ArgumentParser) -> None:
+    """The measured curve and the traffic trace a simulation runs."""
+    p.add_argument("--curve", required=True,
+                   help="a capacity curve: a sweep's JSON, or the --summary-export JSON of "
+                        "loadtest/k6/script.js run with MODE=sweep")
+    p.add_argument("--cold-start", type=float, default=None,
+                   help="seconds from pod start to ready (default: the sweep's measure)")
+    p.add_argument("--trace", default="spike",
+                   choices=["constant", "diurnal", "spike", "onoff"],
+                   help="traffic shape over time")
+    p.add_argument("--seconds", type=float, default=900, help="length of the trace")
+    p.add_argument("--rate", type=float, default=300, help="peak requests/s")
+    p.add_argument("--low", type=float, default=30, help="base requests/s")
+    p.add_argument("--period", type=float, default=600,
+                   help="seconds per cycle (diurnal, onoff)")
+    p.add_argument("--at", type=float, default=300, help="spike start, seconds")
+    p.add_argument("--length", type=float, default=60,
+                   help="seconds at the peak (spike, onoff)")
+
+
+def _add_run(sub: Subcommands) -> None:
     p = sub.add_parser("run", help="one load run: JSON, CSV, PNG plots")
-    common(p, "run")
+    _common(p, "run")
     p.add_argument("--mode", choices=["closed", "open"], default="closed",
                    help="closed: virtual users; open: Poisson arrivals at a rate")
     p.add_argument("--stages", help='e.g. "10s:8,30s:8,5s:32,10s:0" (VUs or req/s)')
@@ -207,8 +223,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bulk-size", type=int, default=16, help="texts per bulk request")
     p.set_defaults(func=cmd_run)
 
+
+def _add_sweep(sub: Subcommands) -> None:
     p = sub.add_parser("sweep", help="capacity curve of one instance")
-    common(p, "sweep")
+    _common(p, "sweep")
     p.add_argument("--levels", default="1,2,4,8,16,32,64",
                    help="in-flight requests to measure, comma-separated")
     p.add_argument("--seconds", type=float, default=10, help="measured seconds per level")
@@ -218,10 +236,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="p99 objective: the largest level within it is reported")
     p.set_defaults(func=cmd_sweep, hit_rate=0.0)
 
+
+def _add_simulate(sub: Subcommands) -> None:
     p = sub.add_parser("simulate", help="Knative KPA simulation for a trace")
-    common(p, "simulate", target=False)
-    model(p)
-    pod(p)
+    _common(p, "simulate", target=False)
+    _curve_and_trace(p)
+    _pod(p)
     p.add_argument("--from-manifest", action="store_true",
                    help="the settings in knative/base/predictor.yaml")
     p.add_argument("--cc", type=int, default=32,
@@ -238,22 +258,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="scale-to-zero-pod-retention-period, seconds")
     p.set_defaults(func=cmd_simulate)
 
+
+def _add_tune(sub: Subcommands) -> None:
     p = sub.add_parser("tune", help="cheapest Knative settings meeting an SLO; a patch")
-    common(p, "tune", target=False)
-    model(p)
-    pod(p)
+    _common(p, "tune", target=False)
+    _curve_and_trace(p)
+    _pod(p)
     p.add_argument("--slo-ms", type=float, default=250, help="p99 objective, milliseconds")
     p.set_defaults(func=cmd_tune)
 
+
+def _add_validate(sub: Subcommands) -> None:
     p = sub.add_parser("validate", help="simulated vs measured, one instance, open loop")
-    common(p, "validate")
-    pod(p)
+    _common(p, "validate")
+    _pod(p)
     p.add_argument("--curve", help="a sweep's JSON or a k6 sweep summary (default: sweep "
                                     "first)")
     p.add_argument("--loads", default="0.3,0.6,0.9", help="fractions of capacity")
     p.add_argument("--seconds", type=float, default=20, help="measured seconds per load")
     p.set_defaults(func=cmd_validate, hit_rate=0.0)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -87,18 +87,28 @@ def tuning(curve: dict[str, Any]) -> dict[str, Any]:
             for name, load in loads.items()}
 
 
-def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
+Row = tuple[str, str, str, str, str]  # measure, value, goal, detail, command
+# The commands that reproduce the rows.
+ON, JOBS, HARD = ("python -m loadtest.bench_online", "python -m loadtest.bench_jobs",
+                  "python -m loadtest.bench_hardening")
+LT = "python -m loadtest"
+
+
+def rows(r: dict[str, Any]) -> list[Row]:
     """(measure, value, goal, detail, command) for the report."""
-    online, jobs, zipf = r["online"], r["jobs"], r["zipf"]
-    sweep_, checked = r["capacity"]["sweep"], r["capacity"]["validate"]
-    on, jb, lt = ("python -m loadtest.bench_online", "python -m loadtest.bench_jobs",
-                  "python -m loadtest")
+    return [*_online_rows(r["online"], r["zipf"]), *_jobs_rows(r["jobs"]),
+            *_capacity_rows(r["capacity"]["sweep"], r["capacity"]["validate"]),
+            *_hardening_rows(r["hardening"]), *_payload_rows(r["payload"]),
+            *_tuning_rows(r["tuning"])]
+
+
+def _online_rows(online: dict[str, Any], zipf: dict[str, Any]) -> list[Row]:
     cpu, served = online["engines"]["cpu"], online["served"]
     engine = f"{served['name']} {served['precision']} {served['streams']}x{served['threads']}"
     best = online["engines"].get("best") or {}
-    out = [
+    return [
         ("CPU (every figure below)", cpu["model"], "",
-         f"{cpu['cpus']} usable cores; flags {' '.join(cpu['flags'])}", on),
+         f"{cpu['cpus']} usable cores; flags {' '.join(cpu['flags'])}", ON),
         *[(f"raw {label}, sorted / arrival order (texts/s)",
            f"{row.get('sorted')} / {row.get('arrival')}", "",
            f"guard: {row.get('guard', row.get('error'))}; accuracy {row.get('accuracy')}",
@@ -107,34 +117,44 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
         ("miss path / best raw (cache off, 32 clients, 2,000 distinct texts)",
          f"{online['ratios']['service_over_best_raw']:.3f}", ">= 0.75",
          f"best raw: {best.get('label')} {best.get('arrival')} texts/s in arrival order; "
-         f"serving {engine}; client {online['client']}", on),
+         f"serving {engine}; client {online['client']}", ON),
         ("service / naive server on the same engine, unique texts (cache off)",
          f"{online['ratios']['service_over_naive']:.2f}", ">= 1.8 on AMX",
          f"batching alone; its ceiling here (raw batch-32 / batch-1) is "
-         f"{online['ratios']['batching_ceiling']:.2f}", on),
+         f"{online['ratios']['batching_ceiling']:.2f}", ON),
         ("service / naive server as tutorials write it (transformers), unique texts",
          f"{online['ratios']['service_over_naive_eager']:.2f}", ">= 7",
-         "batching, tight passes and the chosen engine", on),
+         "batching, tight passes and the chosen engine", ON),
         ("service / naive server, Zipf(1.2) traffic (cache on)",
          f"{zipf['service_over_naive']:.2f}", ">= 4",
          f"hit ratio {zipf['rounds'][-1]['service']['cache_hit_ratio']}", "make bench"),
         *[(f"cache-hit p99 at {p['offered_rps']:.0f} req/s", f"{p['p99_ms']} ms", "<= 10 ms",
-           f"server's own p99 <= {p['server_p99_le_ms']:g} ms", on)
+           f"server's own p99 <= {p['server_p99_le_ms']:g} ms", ON)
           for p in online["cache_hit_paced"]],
         ("cache-hit throughput, fast path / through FastAPI", f"{online['fast_path']['ratio']:.2f}",
          "", f"{online['cache_hit']['rps']} vs {online['fast_path']['off_rps']} req/s "
-         f"(SURGE_FAST_PATH=false), 32 closed-loop clients", on),
+         f"(SURGE_FAST_PATH=false), 32 closed-loop clients", ON),
         ("cold start: exec → first 200", f"{online['cold_start_s']} s", "<= 1.2 s",
-         f"{engine}; transformers path {online['cold_start_eager_s']} s", on),
-        ("RSS after load", f"{online['rss_mb']} MB", "<= 400 MB", "", on),
+         f"{engine}; transformers path {online['cold_start_eager_s']} s", ON),
+        ("RSS after load", f"{online['rss_mb']} MB", "<= 400 MB", "", ON),
+    ]
+
+
+def _jobs_rows(jobs: dict[str, Any]) -> list[Row]:
+    return [
         ("job items/s / best raw, whole set sorted", f"{jobs['job_over_best_raw']:.3f}",
          ">= 0.9", f"{jobs['items_per_s']} items/s vs {jobs['best_raw']['label']} "
-         f"{jobs['best_raw']['sorted']} texts/s", jb),
-        ("time to first result page", f"{jobs['first_page_s']} s", "", "", jb),
+         f"{jobs['best_raw']['sorted']} texts/s", JOBS),
+        ("time to first result page", f"{jobs['first_page_s']} s", "", "", JOBS),
+    ]
+
+
+def _capacity_rows(sweep_: dict[str, Any], checked: dict[str, Any]) -> list[Row]:
+    out: list[Row] = [
         ("capacity of one instance (cache off)", f"{sweep_['capacity_rps']} req/s", "",
          f"knee {sweep_['knee']} in flight; p99 <= {SLO_MS:g} ms up to "
          f"{sweep_['max_concurrency_under_slo']} in flight",
-         f"{lt} sweep --start-server --server-env SURGE_CACHE=off"),
+         f"{LT} sweep --start-server --server-env SURGE_CACHE=off"),
     ]
     for load in checked["loads"]:
         out.append((f"simulator error at {load['fraction']:.0%} of capacity",
@@ -142,31 +162,43 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                     "+-25% p99", f"measured p99 {load['measured']['p99_ms']} ms vs simulated "
                                  f"{load['simulated']['p99_ms']} ms"
                                  f"{'' if load['trusted'] else ' (untrusted: machine noise)'}",
-                    f"{lt} validate --start-server --server-env SURGE_CACHE=off"))
-    hard = "python -m loadtest.bench_hardening"
-    over, soak = r["hardening"]["overload"], r["hardening"]["soak"]
-    out += [
+                    f"{LT} validate --start-server --server-env SURGE_CACHE=off"))
+    return out
+
+
+def _hardening_rows(hardening: dict[str, Any]) -> list[Row]:
+    over, soak = hardening["overload"], hardening["soak"]
+    return [
         ("overload 4x capacity: requests shed (503)", f"{over['shed_fraction']:.0%}", "",
          f"shed in p99 {over['shed_latency']['p99_ms']} ms; accepted p99 "
-         f"{over['served_latency']['p99_ms']} ms at {over['summary']['rps']} req/s", hard),
+         f"{over['served_latency']['p99_ms']} ms at {over['summary']['rps']} req/s", HARD),
         ("overload: back to full throughput after", f"{over['recovery_s']} s", "<= 5 s",
-         "first second >= 90% of capacity", hard),
+         "first second >= 90% of capacity", HARD),
         (f"soak {soak['minutes']:g} min at {soak['rate_rps']} req/s (Zipf, jobs every 30 s)",
          f"{sum(soak['summary']['errors'].values())} errors", "0",
          f"p99 {soak['p99_first_minute_ms']} -> {soak['p99_last_minute_ms']} ms (first -> "
-         f"last minute); jobs {soak['jobs']['succeeded']}/{soak['jobs']['submitted']}", hard),
+         f"last minute); jobs {soak['jobs']['succeeded']}/{soak['jobs']['submitted']}", HARD),
         ("soak: RSS growth, API / worker",
          f"{_pct(soak['api_rss_growth'])} / {_pct(soak['worker_rss_growth'])}", "< 5%",
-         f"{soak['rss_mb']}", hard),
+         f"{soak['rss_mb']}", HARD),
     ]
+
+
+def _payload_rows(payload: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
     for path in ("miss", "hit"):
-        cost = r["payload"][path]
+        cost = payload[path]
         out.append((f"prediction events at sample 1.0 / off, {path} path throughput",
                     f"{cost['ratio']:.3f}", ">= 0.95",
                     f"server CPU per request ratio {cost['cpu_ratio']:.3f}; "
                     f"{cost['events']['sent']:.0f} predictions sent",
                     "python -m loadtest.bench_payload"))
-    for name, outcome in r["tuning"].items():
+    return out
+
+
+def _tuning_rows(tuning: dict[str, Any]) -> list[Row]:
+    out: list[Row] = []
+    for name, outcome in tuning.items():
         best = outcome["best"]
         value = "none meets the SLO" if best is None else (
             f"target {best['config']['target']:g} x {best['config']['utilization']:.0%}, "
@@ -178,7 +210,7 @@ def rows(r: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
             f"{best['summary']['pod_seconds']:g} pod-s, p99 {best['summary']['p99_ms']:g} ms; "
             f"the manifest: {manifest['pod_seconds']:g} pod-s, p99 {manifest['p99_ms']:g} ms")
         out.append((f"tuned for the {name} trace", value, f"p99 <= {SLO_MS:g} ms", detail,
-                    f"{lt} tune --curve bench-results/sweep.json --trace {name}"))
+                    f"{LT} tune --curve bench-results/sweep.json --trace {name}"))
     return out
 
 
@@ -186,7 +218,7 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value:+.1%}"
 
 
-def markdown(table: list[tuple[str, str, str, str, str]]) -> str:
+def markdown(table: list[Row]) -> str:
     """The report as a Markdown table."""
     lines = ["| measure | value | goal | detail | reproduce |", "|---|---|---|---|---|"]
     return "\n".join(lines + [f"| {a} | {b} | {c} | {d} | `{e}` |" for a, b, c, d, e in table])

@@ -15,7 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 
 from common.bundle import ModelBundle
-from common.errors import SurgeError, error_body
+from common.errors import ProtocolError, SurgeError, error_body
 from common.metrics import Metrics
 from common.schemas import ErrorResponse
 from common.settings import Settings
@@ -132,6 +132,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body(code, str(exc.detail)), status_code=exc.status_code,
                             headers=exc.headers)
 
+    async def on_protocol_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ProtocolError)  # /v2 only: the protocol's own error body
+        return JSONResponse(exc.body(), status_code=exc.status)
+
     async def on_client_gone(request: Request, exc: Exception) -> Response:
         # Nobody is left to answer; the status is for the metrics and the access log.
         return Response(status_code=CLIENT_GONE)
@@ -141,6 +145,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         return JSONResponse(error_body("internal", "internal error"), status_code=500)
 
     app.add_exception_handler(SurgeError, on_surge_error)
+    app.add_exception_handler(ProtocolError, on_protocol_error)
     app.add_exception_handler(RequestValidationError, on_validation_error)
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(ClientDisconnect, on_client_gone)

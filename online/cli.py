@@ -7,14 +7,16 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 
 def _cmd_model_build(args: argparse.Namespace) -> int:
+    from common.settings import Settings
     from common.training import TrainConfig, build, default_model_dir, ensure_compiled
 
+    home = Settings().model_home
     config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, limit=args.limit)
-    target = Path(args.output) if args.output else default_model_dir(config)
+    target = Path(args.output) if args.output else default_model_dir(config, home)
     if (target / "surgeserve.json").is_file() and not args.force:
         print(f"model already built: {target}  (--force rebuilds)", file=sys.stderr)
     else:
@@ -24,7 +26,7 @@ def _cmd_model_build(args: argparse.Namespace) -> int:
         print(f"held-out accuracy {manifest['metrics']['heldout_accuracy']:.4f}, "
               f"built in {manifest['build_seconds']} s", file=sys.stderr)
     print("compiling and measuring the engines on this CPU ...", file=sys.stderr)
-    compiled = ensure_compiled(target)
+    compiled = ensure_compiled(target, home)
     print(f"compiled (fast start): {compiled or 'no: serving uses transformers'}",
           file=sys.stderr)
     print(target)
@@ -34,11 +36,13 @@ def _cmd_model_build(args: argparse.Namespace) -> int:
 def _cmd_model_compile(args: argparse.Namespace) -> int:
     from common.chooser import measure
     from common.compiled import compile_model, read_meta
+    from common.settings import Settings
     from common.training import default_model_dir
 
-    path = Path(args.path) if args.path else default_model_dir()
+    home = Settings().model_home
+    path = Path(args.path) if args.path else default_model_dir(home=home)
     try:
-        where = compile_model(path)
+        where = compile_model(path, home=home)
     except ValueError as exc:
         print(f"not compiled: {exc}", file=sys.stderr)
         return 1
@@ -134,17 +138,38 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (public for tests and docs)."""
     parser = argparse.ArgumentParser(prog="surgeserve", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_serving(sub)
+    _add_drift(sub)
+    # Delegated whole to the client's command line (see main): listed here for --help.
+    sub.add_parser("submit", add_help=False,
+                   help="submit a txt / csv / jsonl file as bulk job(s) (= `ssc submit`)")
+    sub.add_parser("job", add_help=False,
+                   help="status|wait|results|cancel|list of jobs (= `ssc ...`)")
+    _add_up(sub)
+    keys = sub.add_parser("keys", help="API keys")
+    ksub = keys.add_subparsers(dest="keys_command", required=True)
+    knew = ksub.add_parser("new", help="make a key: prints it and its SURGE_API_KEYS entry")
+    knew.add_argument("name", help="who the key is for (jobs belong to it)")
+    knew.set_defaults(func=_cmd_keys_new)
+    _add_model(sub)
+    return parser
 
+
+# What add_subparsers returns.
+Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
+
+
+def _add_serving(sub: Subcommands) -> None:
     serve = sub.add_parser("serve", help="run the online API (settings from SURGE_* env)")
     serve.set_defaults(func=_cmd_serve)
-
     naive = sub.add_parser("serve-naive",
                            help="benchmark baseline: one request, one forward pass, no cache")
     naive.set_defaults(func=_cmd_serve_naive)
-
     worker = sub.add_parser("worker", help="a Celery worker for bulk jobs (SURGE_REDIS_URL)")
     worker.set_defaults(func=_cmd_worker)
 
+
+def _add_drift(sub: Subcommands) -> None:
     drift = sub.add_parser("drift", help="drift consumer: a sink for prediction events that "
                            "exports each model version's label mix and its drift")
     drift.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8080")),
@@ -158,12 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="predictions each window needs before a distance is exported")
     drift.set_defaults(func=_cmd_drift)
 
-    # Delegated whole to the client's command line (see main): listed here for --help.
-    sub.add_parser("submit", add_help=False,
-                   help="submit a txt / csv / jsonl file as bulk job(s) (= `ssc submit`)")
-    sub.add_parser("job", add_help=False,
-                   help="status|wait|results|cancel|list of jobs (= `ssc ...`)")
 
+def _add_up(sub: Subcommands) -> None:
     up = sub.add_parser(
         "up", help="local stack: cache Redis, jobs Redis, API, worker, Prometheus; Ctrl-C stops")
     up.add_argument("--port", type=int, default=None, help="API port (default $PORT or 8080)")
@@ -171,12 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="Prometheus scrape and rule interval (0: no Prometheus)")
     up.set_defaults(func=_cmd_up)
 
-    keys = sub.add_parser("keys", help="API keys")
-    ksub = keys.add_subparsers(dest="keys_command", required=True)
-    knew = ksub.add_parser("new", help="make a key: prints it and its SURGE_API_KEYS entry")
-    knew.add_argument("name", help="who the key is for (jobs belong to it)")
-    knew.set_defaults(func=_cmd_keys_new)
 
+def _add_model(sub: Subcommands) -> None:
     model = sub.add_parser("model", help="build, inspect or benchmark a model bundle")
     msub = model.add_subparsers(dest="model_command", required=True)
     build = msub.add_parser("build", help="fine-tune the default model (cached; seeded)")
@@ -210,7 +227,6 @@ def build_parser() -> argparse.ArgumentParser:
                        help="every engine candidate on this CPU, both ways")
     bench.add_argument("--rounds", type=int, default=2, help="with --candidates: best of N")
     bench.set_defaults(func=_cmd_model_bench)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

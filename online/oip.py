@@ -13,10 +13,9 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 
-from common.errors import InvalidInput, SurgeError, printable
-from common.schemas import PRICED_BY_TEXTS
+from common.errors import InvalidInput, ProtocolError, SurgeError
+from common.schemas import PRICED_BY_TEXTS, ProtocolErrorBody, error_docs
 from common.textnorm import is_text
 from online.runtime import Runtime
 from online.security import charge
@@ -25,14 +24,10 @@ from online.service import PredictionService
 router = APIRouter(tags=["open inference protocol"])
 
 
-class ProtocolErrorBody(BaseModel):
-    """The protocol's error shape."""
-
-    error: str
-
-
 def _documented(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ProtocolErrorBody} for code in codes}
+    return error_docs(*codes, model=ProtocolErrorBody)
+
+
 HEADER_LENGTH = "inference-header-content-length"
 OUTPUTS = ("label", "score", "scores")
 
@@ -45,22 +40,20 @@ async def _runtime(request: Request) -> Runtime:
 RuntimeDep = Annotated[Runtime, Depends(_runtime)]
 
 
-class ProtocolError(Exception):
-    """An error in the protocol's shape: status and a message."""
-
-    def __init__(self, status: int, message: str):
-        self.status, self.message = status, message
-
-
-def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": printable(message)}, status_code=status)
+def _translated(exc: SurgeError) -> ProtocolError:
+    """A service error as the protocol says it: bad input is a 400 (its detail in the
+    message), the rest keep their status."""
+    if isinstance(exc, InvalidInput):
+        detail = f" ({json.dumps(exc.detail)})" if exc.detail else ""
+        return ProtocolError(400, exc.message + detail)
+    return ProtocolError(exc.status, exc.message)
 
 
 def _service(rt: Runtime, name: str, version: str | None = None) -> PredictionService:
     try:
         service = rt.require_service(name)
-    except SurgeError as exc:
-        raise ProtocolError(exc.status, exc.message) from exc
+    except SurgeError as exc:  # not loaded yet (503), or no such model (404)
+        raise _translated(exc) from exc
     if version is not None and version != service.bundle.version:
         raise ProtocolError(404, f"model {name!r} has no version {version!r} "
                                  f"(serving {service.bundle.version})")
@@ -98,10 +91,7 @@ async def model_version_metadata(name: str, version: str, rt: RuntimeDep) -> Res
 
 
 def _metadata(rt: Runtime, name: str, version: str | None) -> Response:
-    try:
-        bundle = _service(rt, name, version).bundle
-    except ProtocolError as exc:
-        return _error(exc.status, exc.message)
+    bundle = _service(rt, name, version).bundle
     return JSONResponse({
         "name": name, "versions": [bundle.version], "platform": f"surgeserve-{bundle.engine.kind}",
         "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
@@ -124,12 +114,9 @@ async def model_version_ready(name: str, version: str, rt: RuntimeDep) -> Respon
 
 
 def _ready(rt: Runtime, name: str, version: str | None) -> Response:
-    try:
-        _service(rt, name, version)
-    except ProtocolError as exc:
-        if exc.status == 503:
-            return JSONResponse({"name": name, "ready": False}, status_code=503)
-        return _error(exc.status, exc.message)
+    if not rt.services:  # still loading (or the load failed): not ready, not an error
+        return JSONResponse({"name": name, "ready": False}, status_code=503)
+    _service(rt, name, version)  # 404 for a model or version not served
     return JSONResponse({"name": name, "ready": not rt.draining})
 
 
@@ -148,19 +135,14 @@ async def infer_version(name: str, version: str, request: Request, rt: RuntimeDe
 
 
 async def _infer(rt: Runtime, request: Request, name: str, version: str | None) -> Response:
+    service = _service(rt, name, version)
+    header, texts = _parse(await request.body(), request.headers.get(HEADER_LENGTH))
+    wanted = _wanted_outputs(header)
+    await charge(request, len(texts))  # RateLimited: the guard's 429, as documented
     try:
-        service = _service(rt, name, version)
-        header, texts = _parse(await request.body(), request.headers.get(HEADER_LENGTH))
-        wanted = _wanted_outputs(header)
-        await charge(request, len(texts))  # RateLimited: the guard's 429, as documented
-        try:
-            results = await service.predict_many(texts)
-        except InvalidInput as exc:
-            raise ProtocolError(400, _with_detail(exc)) from exc
-        except SurgeError as exc:
-            raise ProtocolError(exc.status, exc.message) from exc
-    except ProtocolError as exc:
-        return _error(exc.status, exc.message)
+        results = await service.predict_many(texts)
+    except SurgeError as exc:
+        raise _translated(exc) from exc
     labels = service.bundle.labels
     tensors: dict[str, tuple[str, list[int], list[Any]]] = {
         "label": ("BYTES", [len(results)], [r.label for r in results]),
@@ -172,10 +154,6 @@ async def _infer(rt: Runtime, request: Request, name: str, version: str | None) 
     if "id" in header:
         body["id"] = header["id"]
     return _encode(body, [(n, *tensors[n], binary) for n, binary in wanted])
-
-
-def _with_detail(exc: InvalidInput) -> str:
-    return f"{exc.message} ({json.dumps(exc.detail)})" if exc.detail else exc.message
 
 
 def _parse(raw: bytes, header_length: str | None) -> tuple[dict[str, Any], list[str]]:

@@ -14,11 +14,11 @@ from common.schemas import (
     PRICED_BY_TEXTS,
     BulkPredictRequest,
     BulkPredictResponse,
-    ErrorResponse,
     ModelList,
     PredictRequest,
     PredictResponse,
     Readiness,
+    error_docs,
     media_type,
     ranked_body,
 )
@@ -41,10 +41,6 @@ async def require_json(request: Request) -> None:
                                    {"content_type": ctype or None})
 
 
-def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
-    return {code: {"model": ErrorResponse} for code in codes}
-
-
 def _item(p: Prediction) -> dict[str, Any]:
     return ranked_body(p.scores) | {"cached": p.cached}
 
@@ -56,7 +52,7 @@ ops_router = APIRouter()  # health, readiness, metrics: every role
 
 @router.post("/v1/predict", response_model=PredictResponse, tags=["predict"],
              dependencies=[Depends(require_json)],
-             responses=_errors(413, 415, 422, 503, 504))
+             responses=error_docs(413, 415, 422, 503, 504))
 async def predict(body: PredictRequest, rt: RuntimeDep) -> Response:
     """Classify one text with the default model: top label, every label's score ranked, and
     whether it was cached."""
@@ -65,7 +61,7 @@ async def predict(body: PredictRequest, rt: RuntimeDep) -> Response:
 
 @router.post("/v1/bulk-predict", response_model=BulkPredictResponse, tags=["predict"],
              dependencies=[Depends(require_json)], openapi_extra=PRICED_BY_TEXTS,
-             responses=_errors(413, 415, 422, 503, 504))
+             responses=error_docs(413, 415, 422, 503, 504))
 async def bulk_predict(body: BulkPredictRequest, rt: RuntimeDep, request: Request) -> Response:
     """Classify 1..bulk_max_items texts with the default model; order kept, duplicates
     computed once. Costs one rate-limit token per text."""
@@ -74,7 +70,7 @@ async def bulk_predict(body: BulkPredictRequest, rt: RuntimeDep, request: Reques
 
 @router.post("/v1/models/{name}/predict", response_model=PredictResponse, tags=["predict"],
              dependencies=[Depends(require_json)],
-             responses=_errors(404, 413, 415, 422, 503, 504))
+             responses=error_docs(404, 413, 415, 422, 503, 504))
 async def predict_with(name: str, body: PredictRequest, rt: RuntimeDep) -> Response:
     """Classify one text with the named model (404 unknown_model if not served)."""
     return await predict_reply(rt.require_service(name), body)
@@ -82,7 +78,7 @@ async def predict_with(name: str, body: PredictRequest, rt: RuntimeDep) -> Respo
 
 @router.post("/v1/models/{name}/bulk-predict", response_model=BulkPredictResponse,
              tags=["predict"], dependencies=[Depends(require_json)],
-             openapi_extra=PRICED_BY_TEXTS, responses=_errors(404, 413, 415, 422, 503, 504))
+             openapi_extra=PRICED_BY_TEXTS, responses=error_docs(404, 413, 415, 422, 503, 504))
 async def bulk_predict_with(name: str, body: BulkPredictRequest, rt: RuntimeDep,
                             request: Request) -> Response:
     """Classify 1..bulk_max_items texts with the named model (one token per text)."""
@@ -105,7 +101,7 @@ async def _bulk(service: PredictionService, body: BulkPredictRequest,
                          "results": [_item(r) for r in results]})
 
 
-@router.get("/v1/models", response_model=ModelList, tags=["models"], responses=_errors(503))
+@router.get("/v1/models", response_model=ModelList, tags=["models"], responses=error_docs(503))
 async def models(rt: RuntimeDep) -> dict[str, Any]:
     """The models served, the default first, with their identity and labels."""
     rt.require_service()

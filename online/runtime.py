@@ -90,7 +90,7 @@ class Runtime:
             else:
                 bundles = await asyncio.to_thread(ModelSet(self.settings).load_all)
         except Exception as exc:
-            self.load_error = f"{type(exc).__name__}: {exc}"
+            self.load_error = type(exc).__name__  # clients see it: the message is logged
             log.exception("model load failed")
             return
         self._wire(bundles)
@@ -136,7 +136,7 @@ class Runtime:
                                       max_padding=cut.max_padding)
 
         return MicroBatcher(run_batch, max_batch_size=cut.max_batch, max_queue=s.max_queue,
-                            max_wait_ms=s.max_wait_ms, retry_after_s=s.retry_after_s,
+                            max_wait_ms=s.max_wait_s * 1000, retry_after_s=s.retry_after_s,
                             metrics=self.metrics, workers=s.model_workers or bundle.streams,
                             model=name, max_queue_wait_s=s.max_queue_wait_s)
 

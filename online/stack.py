@@ -12,6 +12,7 @@ from pathlib import Path
 import httpx
 
 from common.redis_server import RedisServer, free_port
+from common.settings import Settings
 from common.training import ensure_default_model
 
 
@@ -81,7 +82,7 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run"),
        scrape_interval_s: float | None = 15.0) -> int:
     """Start cache Redis, jobs Redis, the API, a worker and (when installed) Prometheus;
     block until interrupted."""
-    model_dir = ensure_default_model()
+    model_dir = ensure_default_model(home=Settings().model_home)
     port = api_port or int(os.environ.get("PORT", "8080"))
     cache = RedisServer("cache", run_dir / "redis-cache", port=free_port()).start()
     jobs = RedisServer("jobs", run_dir / "redis-jobs", port=free_port()).start()

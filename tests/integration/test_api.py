@@ -138,3 +138,25 @@ def test_chunked_body_over_limit_is_refused(make_app, live_server) -> None:
                               headers={"content-type": "application/json"})
     assert response.status_code == 413
     assert json.loads(response.text)["error"]["code"] == "payload_too_large"
+
+
+def test_a_failed_model_load_is_not_told_to_clients(live_server) -> None:  # type: ignore[no-untyped-def]
+    """A load error's message (paths, library internals) goes to the log; clients get 503
+    not_ready naming only the error's type."""
+    from concurrent.futures import Future
+
+    from common.metrics import Metrics
+    from common.settings import Settings
+    from online.app import create_app
+
+    loading: Future[dict[str, object]] = Future()
+    loading.set_exception(OSError("/srv/secret-models/x: permission denied"))
+    app = create_app(Settings(access_log=False), bundles_future=loading, metrics=Metrics())
+    with live_server(app) as srv, httpx.Client(base_url=srv.url) as client:
+        for _ in range(200):  # the load fails on the loop, just after startup
+            if client.get("/readyz").json()["status"] == "failed":
+                break
+        reply = client.post("/v1/predict", json={"text": "hello"})
+    assert reply.status_code == 503 and reply.json()["error"]["code"] == "not_ready"
+    assert "secret" not in reply.text
+    assert reply.json()["error"]["detail"] == {"load_error": "OSError"}

@@ -81,7 +81,7 @@ def test_lone_surrogates_are_refused_on_every_text_route(hostile) -> None:
         reply = client.post(path, content=content, headers=headers)
         code = refused(reply, 422)
         assert code in ("invalid_text", "invalid_input", "unknown_event_type",
-                        "unknown_model"), (path, code)
+                        "unknown_model_input"), (path, code)
     detail = client.post("/v1/bulk-predict", content=body({"texts": ["fine", LONE]}),
                          headers=JSON).json()["error"]
     assert detail["code"] == "invalid_text" and detail["detail"]["index"] == 1

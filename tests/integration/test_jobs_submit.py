@@ -273,3 +273,21 @@ def test_a_full_jobs_redis_answers_503_and_cancel_frees_texts(jobs_only, jobs_re
         broker.config_set("maxmemory", 0)
         broker.close()
     assert client.post("/v1/jobs", json={"texts": ["room again"]}).status_code == 202
+
+
+def test_a_read_only_jobs_redis_answers_503_not_500(jobs_only, jobs_redis) -> None:
+    """A jobs Redis demoted to a replica (a failover in progress) refuses writes with
+    READONLY: translated at the boundary into 503 jobs_unavailable, never a 500."""
+    client = jobs_only()
+    broker = redis.Redis.from_url(jobs_redis.url, decode_responses=True)
+    broker.replicaof("127.0.0.1", "1")  # a primary that never answers: read-only from now on
+    try:
+        refused = client.post("/v1/jobs", json={"texts": ["one"]})
+        assert refused.status_code == 503, refused.text
+        assert refused.json()["error"]["code"] == "jobs_unavailable"
+        assert int(refused.headers["retry-after"]) >= 1
+        assert "READONLY" not in refused.text
+    finally:
+        broker.replicaof("NO", "ONE")
+        broker.close()
+    assert client.post("/v1/jobs", json={"texts": ["writable again"]}).status_code == 202

@@ -102,7 +102,7 @@ def test_a_job_names_its_model(make_app, live_server, jobs_redis, start_worker,
                              headers={"content-type": "application/x-ndjson"}).json()
         unknown = client.post("/v1/jobs", json={"texts": ["x"], "model": "nope"})
         assert unknown.status_code == 422
-        assert unknown.json()["error"]["code"] == "unknown_model"
+        assert unknown.json()["error"]["code"] == "unknown_model_input"
         for job, model, labels in ((tiny_job, "tiny", {"anger", "joy", "calm"}),
                                    (ndjson, "tiny", {"anger", "joy", "calm"}),
                                    (plain, "sentiment", {"POSITIVE", "NEGATIVE"})):

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import httpx
 import numpy as np
 import pytest
@@ -120,3 +122,17 @@ def test_second_model_and_protocol_errors(server) -> None:
         ).status_code == 200
         assert http.get("/v2/models/tiny/versions/0000/ready").status_code == 404
         assert http.get("/v2").json()["name"] == "surgeserve"
+
+
+def test_protocol_answers_while_the_model_loads(live_server) -> None:  # type: ignore[no-untyped-def]
+    """Before the models load, model readiness says `ready: false` (503) and the rest is the
+    protocol's 503 error, not the API's error shape."""
+    app = create_app(Settings(access_log=False), bundles_future=Future(), metrics=Metrics())
+    with live_server(app) as srv, httpx.Client(base_url=srv.url) as http:
+        for path in ("/v2/models/tiny/ready", "/v2/models/tiny/versions/1/ready"):
+            reply = http.get(path)
+            assert reply.status_code == 503 and reply.json() == {"name": "tiny", "ready": False}
+        for reply in (http.get("/v2/models/tiny"),
+                      http.post("/v2/models/tiny/infer", json={"inputs": []})):
+            assert reply.status_code == 503
+            assert reply.json() == {"error": "the model is still loading"}

@@ -48,3 +48,20 @@ def test_compiled_can_be_switched_off(tiny_model_dir: Path) -> None:
     compile_model(tiny_model_dir)
     assert (compiled_dir(weights_hash(tiny_model_dir)) / META).is_file()
     assert load_bundle(tiny_model_dir, compiled=False).engine.kind == "transformers"
+
+
+def test_the_settings_model_home_is_the_one_used(tiny_model_dir: Path, model_home: Path,
+                                                 tmp_path: Path) -> None:
+    """A server looks for its artifact in its Settings' model home (SURGE_MODEL_HOME, read
+    once), passed down to the loader, not wherever the environment says later."""
+    from common.loader import load_configured
+    from common.settings import Settings
+
+    home = tmp_path / "settings-home"
+    where = compile_model(tiny_model_dir, home=home)
+    assert where == compiled_dir(weights_hash(tiny_model_dir), home) and where.is_relative_to(home)
+    assert not compiled_dir(weights_hash(tiny_model_dir)).exists()  # not the environment's
+    settings = Settings(model_home=home, model_dir=tiny_model_dir, engine="onnx", max_tokens=64)
+    assert load_configured(settings).engine.kind == "onnx"
+    assert load_configured(Settings(model_dir=tiny_model_dir, engine="onnx",
+                                    max_tokens=64)).engine.kind == "transformers"
