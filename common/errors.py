@@ -151,3 +151,11 @@ class ModelNotFound(SurgeError):
 
     status = 500
     code = "model_not_found"
+
+
+class ModelNotServable(ModelNotFound):
+    """No engine here can serve the model: no compiled artifact matches it and the eager
+    fallback (torch + transformers, the `build` extra) is not installed, as in the runtime
+    image. A startup error: the server exits saying so (exit 78) instead of failing later."""
+
+    code = "model_not_servable"
