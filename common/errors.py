@@ -156,6 +156,4 @@ class ModelNotFound(SurgeError):
 class ModelNotServable(ModelNotFound):
     """No engine here can serve the model: no compiled artifact matches it and the eager
     fallback (torch + transformers, the `build` extra) is not installed, as in the runtime
-    image. A startup error: the server exits saying so (exit 78) instead of failing later."""
-
-    code = "model_not_servable"
+    image. A startup error like its parent (same code): the server exits saying so (78)."""

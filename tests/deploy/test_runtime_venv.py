@@ -204,7 +204,8 @@ def test_without_an_artifact_the_runtime_refuses_to_start(runtime: tuple[Venv, P
     assert readyz.returncode == 0, readyz.stderr[-3000:]
     status, body = json.loads(readyz.stdout)
     assert status == 503 and body["status"] == "failed"
-    assert body["error"].startswith("model_not_servable: cannot serve")
+    assert body["error"].startswith("model_not_found: cannot serve")
+    assert "no compiled artifact matches its weights" in body["error"]
 
 
 READYZ = """
