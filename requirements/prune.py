@@ -3,13 +3,13 @@ requirements/runtime.txt and the project wheels (the Dockerfile's `venv` stage a
 tests/deploy/test_runtime_venv.py run this same file).
 
 What goes is what serving never loads: OpenVINO's GPU and NPU plugins, its other devices'
-helpers (AUTO, HETERO, AUTO_BATCH: the engine compiles on "CPU" by name) and its
-frontends but ONNX (the artifact is model.onnx) and IR (kept: small, and what OpenVINO's own
-files are); their Python halves, the converters and the C/C++ SDK; ONNX Runtime's
-transformers/quantization tools; numpy's test suites and f2py; console scripts of what was
-removed; and last pip and setuptools themselves (nothing installs at run time). Bytecode
-(__pycache__) stays: a read-only image cannot write it, and compiling at every start costs
-cold-start time.
+helpers (AUTO, HETERO, AUTO_BATCH: the engine compiles on "CPU" by name) and its frontends
+but ONNX (the artifact is model.onnx) and IR (kept: small, and what OpenVINO's own files
+are); their Python halves, the converters and the C/C++ SDK; ONNX Runtime's C API library
+(35 MB: its Python binding carries its own copy) and its transformers/quantization tools;
+numpy's test suites and f2py; console scripts of what was removed; and last pip and
+setuptools themselves (nothing installs at run time). Bytecode (__pycache__) stays: a
+read-only image cannot write it, and compiling at every start costs cold-start time.
 """
 
 from __future__ import annotations
@@ -42,6 +42,9 @@ SITE = (
     "openvino/tools",
     "openvino/include",
     "openvino/cmake",
+    # The C API library for other programs: the Python binding links ONNX Runtime in itself
+    # (ldd shows no libonnxruntime), and serving loads only the binding.
+    "onnxruntime/capi/libonnxruntime.so*",
     "onnxruntime/transformers",
     "onnxruntime/quantization",
     "onnxruntime/tools",
