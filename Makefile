@@ -83,7 +83,7 @@ browser:
 	else echo "chromium: not installed (needs root and apt-get); the browser test will skip"; fi
 
 lint: install
-	$(BIN)/ruff check common online batch loadtest tests grafana client
+	$(BIN)/ruff check common online batch loadtest tests grafana client requirements
 	$(BIN)/mypy
 	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
 
