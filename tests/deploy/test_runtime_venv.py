@@ -76,6 +76,7 @@ def report(**figures: Any) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the first run downloads ~100 MB of wheels
 def test_the_runtime_venv_has_no_build_tools_and_fits(runtime: tuple[Venv, Path]) -> None:
     venv, _ = runtime
     found = subprocess.run(
@@ -114,6 +115,7 @@ def served_artifact(model_dir: Path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the first run downloads ~100 MB of wheels
 def test_the_image_layout_serves_the_default_model(runtime: tuple[Venv, Path],
                                                     default_model_dir: Path) -> None:
     """exec -> first 200, the way a scaled-from-zero pod starts: read-only model without its
@@ -183,6 +185,7 @@ def first_prediction(url: str, server: subprocess.Popen[bytes], log: Path) -> di
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(900)  # the first run downloads ~100 MB of wheels
 def test_without_an_artifact_the_runtime_refuses_to_start(runtime: tuple[Venv, Path],
                                                           default_model_dir: Path) -> None:
     """No torch, no transformers fallback: one clear line, exit 78, /readyz says why."""
