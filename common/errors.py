@@ -197,3 +197,9 @@ class ProtocolError(Exception):
     def body(self) -> dict[str, Any]:
         """The protocol's error body."""
         return {"error": printable(self.message)}
+
+
+class ModelNotServable(ModelNotFound):
+    """No engine here can serve the model: no compiled artifact matches it and the eager
+    fallback (torch + transformers, the `build` extra) is not installed, as in the runtime
+    image. A startup error like its parent (same code): the server exits saying so (78)."""

@@ -6,6 +6,7 @@ artifact records the weight files' size and mtime with the hash it compiled; whe
 still match, the recorded hash stands; otherwise the weights are hashed again (~0.1 s per
 100 MB). Weights changed under an old `surgeserve.json` then serve under their own hash, never
 under the old version (whose cached answers and compiled artifact belong to other weights).
+A directory shipped without weights (the runtime image) is the artifact's: its record stands.
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not file.is_file():
         return {}
     return dict(json.loads(file.read_text()))
+
+
+def has_weights(path: Path) -> bool:
+    """Whether the directory holds weight files at all."""
+    return any((path / name).is_file() for name in WEIGHT_FILES) or any(
+        path.glob("model-*.safetensors"))
 
 
 def weight_files(path: Path) -> list[Path]:
@@ -73,8 +80,13 @@ def resolve(path: Path, manifest: dict[str, Any], recorded: dict[str, Any] | Non
     """The identity of the model in `path`; `recorded` is what an artifact noted about the
     weights it was compiled from ({"hash", "stat"}), if any."""
     claimed = str(manifest.get("version") or "")
-    if recorded and recorded.get("hash") and recorded.get("stat") == weights_stat(path):
-        weights = str(recorded["hash"])
+    known = str(recorded.get("hash") or "") if recorded else ""
+    if known and not has_weights(path):
+        # Shipped without its weights (the runtime image: no torch there to use them): the
+        # artifact compiled from them serves, so what it recorded is the identity.
+        weights = known
+    elif known and recorded and recorded.get("stat") == weights_stat(path):
+        weights = known
     else:
         weights = weights_hash(path)
     if not claimed:

@@ -22,7 +22,7 @@ from common.chooser import measure, pick, recorded
 from common.compiled import compiled_dir, read_meta, write_json
 from common.engines import Engine, Spec, open_engine
 from common.engines import torch as torch_engine
-from common.errors import ModelNotFound
+from common.errors import ModelNotFound, ModelNotServable
 from common.identity import Identity, read_manifest, resolve, weights_stat
 from common.settings import Settings, default_model_home, usable_cpus
 
@@ -91,10 +91,11 @@ def load_bundle(path: Path, *, name: str | None = None, max_tokens: int = 128,
     bundle = None
     if meta is not None and request.engine != "transformers":
         bundle = _load_compiled(path, manifest, identity, artifact, meta, max_tokens, request)
-    elif request.engine != "transformers":
+    elif request.engine != "transformers" and torch_engine.available():
         log.info("no compiled artifact for %s; loading with transformers "
                  "(`surgeserve model compile` makes the next start faster)", identity.weights)
     if bundle is None:
+        _refuse_without_eager(path, identity, artifact, meta, request)
         bundle = _load_eager(path, manifest, identity, max_tokens, request)
     if name:
         bundle.name = name
@@ -190,6 +191,25 @@ def _load_compiled(path: Path, manifest: dict[str, Any], identity: Identity, art
                        labels=list(meta["labels"]), lowercase=bool(meta["lowercase"]),
                        max_tokens=limit, path=path, manifest=manifest, engine=engine,
                        weights=identity.weights, choice=choice)
+
+
+def _refuse_without_eager(path: Path, identity: Identity, artifact: Path,
+                          meta: dict[str, Any] | None, request: EngineRequest) -> None:
+    """ModelNotServable, saying why, when transformers would serve but is not installed."""
+    if torch_engine.available():
+        return
+    if request.engine == "transformers":
+        why = "SURGE_ENGINE=transformers (or SURGE_COMPILED=false) asks for the eager engine"
+    elif meta is None:
+        why = f"no compiled artifact matches its weights ({identity.weights}; looked in {artifact})"
+    else:
+        why = f"its compiled artifact ({artifact}) failed to load"
+    raise ModelNotServable(
+        f"cannot serve {path}: {why}, and transformers (the eager fallback) is not installed",
+        {"model_dir": str(path), "weights": identity.weights, "artifact": str(artifact),
+         "hint": "compile it where the build tools are (`pip install 'surgeserve[build]'`, or "
+                 "the surgeserve-toolchain image): `surgeserve model compile DIR` with the same "
+                 "SURGE_MODEL_HOME; or serve a model compiled already"})
 
 
 def _load_eager(path: Path, manifest: dict[str, Any], identity: Identity, max_tokens: int,

@@ -109,3 +109,4 @@ class Readiness(BaseModel):
     version: str | None = None
     models: dict[str, str] = Field(default_factory=dict, description="name -> version")
     cache: dict[str, Any] = Field(default_factory=dict)
+    error: str | None = Field(None, description="why the model failed to load (status failed)")

@@ -104,6 +104,8 @@ def build(config: TrainConfig, target: Path, *, progress: bool = True,
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from common.compiled import share
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -131,6 +133,7 @@ def build(config: TrainConfig, target: Path, *, progress: bool = True,
         tokenizer.save_pretrained(staging)
         manifest = _manifest(config, staging, accuracy, len(train), len(test), started)
         (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        share(staging)
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)  # atomic: a half-written bundle is never visible

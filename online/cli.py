@@ -9,11 +9,28 @@ import sys
 from pathlib import Path
 from typing import Any, TypeAlias
 
+# sysexits' EX_CONFIG (= online.server.EXIT_UNSERVABLE): not servable, or not buildable, here.
+EXIT_CONFIG = 78
+
+
+def _without_build_tools(command: str) -> bool:
+    """True (after saying so) where torch or transformers is missing: the runtime image."""
+    from common.engines.torch import available
+
+    if available():
+        return False
+    print(f"surgeserve model {command} needs the build tools (torch, transformers, onnx): "
+          "`pip install 'surgeserve[build]'`, or run it in the surgeserve-toolchain image",
+          file=sys.stderr)
+    return True
+
 
 def _cmd_model_build(args: argparse.Namespace) -> int:
     from common.settings import Settings
     from common.training import TrainConfig, build, default_model_dir, ensure_compiled
 
+    if _without_build_tools("build"):
+        return EXIT_CONFIG
     home = Settings().model_home
     config = TrainConfig(epochs=args.epochs, lr=args.lr, seed=args.seed, limit=args.limit)
     target = Path(args.output) if args.output else default_model_dir(config, home)
@@ -39,6 +56,8 @@ def _cmd_model_compile(args: argparse.Namespace) -> int:
     from common.settings import Settings
     from common.training import default_model_dir
 
+    if _without_build_tools("compile"):
+        return EXIT_CONFIG
     home = Settings().model_home
     path = Path(args.path) if args.path else default_model_dir(home=home)
     try:
@@ -237,10 +256,16 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "job":
         return _client_cli(argv[1:])
     args = build_parser().parse_args(argv)
+    from common.errors import ModelNotFound
+
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
         return 130
+    except ModelNotFound as exc:  # `worker`, `model info`: configuration, not a crash
+        hint = exc.detail.get("hint") if isinstance(exc.detail, dict) else None
+        print(f"surgeserve: {exc.message}" + (f" ({hint})" if hint else ""), file=sys.stderr)
+        return EXIT_CONFIG
 
 
 if __name__ == "__main__":

@@ -128,6 +128,8 @@ async def readyz(rt: RuntimeDep) -> Response:
     else:
         status = "ready"
     body: dict[str, Any] = {"status": status, "cache": await rt.cache_state()}
+    if status == "failed":
+        body["error"] = rt.load_error
     if rt.bundle is not None:
         body |= {"model": rt.bundle.name, "version": rt.bundle.version,
                  "models": {name: s.bundle.version for name, s in rt.services.items()}}

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
 from common.bundle import ModelBundle, Ranked, serving_batching
 from common.cache import PredictionCache, RedisTier
-from common.errors import NotReady, UnknownModel
+from common.errors import ModelNotFound, NotReady, UnknownModel
 from common.metrics import Metrics
 from common.models import ModelSet
 from common.payload import SOURCE_ONLINE, PayloadLogger
@@ -38,6 +39,9 @@ class Runtime:
     payload: PayloadLogger | None = None
     draining: bool = False
     load_error: str | None = None
+    # Called when the model cannot be served (ModelNotFound: waiting will not fix it);
+    # `surgeserve serve` then exits 78.
+    on_unservable: Callable[[], None] | None = None
     _loader: asyncio.Task[None] | None = field(default=None, repr=False)
 
     @property
@@ -89,6 +93,12 @@ class Runtime:
                 bundles = await asyncio.wrap_future(bundles_future)
             else:
                 bundles = await asyncio.to_thread(ModelSet(self.settings).load_all)
+        except ModelNotFound as exc:  # no model, or no engine for it: one clear line
+            self.load_error = f"{exc.code}: {exc.message}"
+            log.error("cannot serve: %s", exc.message, extra={"detail": exc.detail})
+            if self.on_unservable is not None:
+                self.on_unservable()
+            return
         except Exception as exc:
             self.load_error = type(exc).__name__  # clients see it: the message is logged
             log.exception("model load failed")

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     from online.runtime import Runtime
 
 log = logging.getLogger(__name__)
+# sysexits' EX_CONFIG: the model cannot be served as configured (none there, or no engine for
+# it in this install); restarting will not help, and the log line before says why.
+EXIT_UNSERVABLE = 78
 
 
 def preload(settings: Settings) -> Future[dict[str, ModelBundle]]:
@@ -92,7 +95,8 @@ def server_config(app: FastAPI, settings: Settings, **overrides: Any) -> uvicorn
 
 
 def serve(settings: Settings | None = None) -> int:
-    """Run the API until a signal; exit 0 after a clean drain."""
+    """Run the API until a signal; exit 0 after a clean drain, 78 when the model cannot be
+    served."""
     settings = settings or Settings()
     tune_malloc(settings.malloc_arenas, settings.mmap_threshold_bytes)
     setup_logging(settings)
@@ -104,5 +108,16 @@ def serve(settings: Settings | None = None) -> int:
 
     app = create_app(settings, bundles_future=models)
     server = DrainingServer(server_config(app, settings), app.state.runtime)
+    refused: list[bool] = []
+
+    def refuse() -> None:  # on the event loop, after the runtime logged why
+        refused.append(True)
+        server.should_exit = True
+
+    app.state.runtime.on_unservable = refuse
     server.run()
+    if refused:
+        log.error("exiting %d: the model cannot be served (the line above says why)",
+                  EXIT_UNSERVABLE)
+        return EXIT_UNSERVABLE
     return 0

@@ -7,6 +7,7 @@ uses it only when no verified artifact exists or it is asked for (SURGE_ENGINE=t
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 from typing import Any
@@ -51,6 +52,12 @@ class TorchEngine:
             inputs["token_type_ids"] = torch.zeros_like(inputs["input_ids"])
         with torch.inference_mode():
             return np.asarray(self.model(**inputs).logits.float().numpy())
+
+
+def available() -> bool:
+    """Whether torch and transformers are installed (the `build` extra; not in the runtime
+    image), found without importing them."""
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "transformers"))
 
 
 def open_engine(path: Path, spec: Spec, max_tokens: int) -> TorchEngine:

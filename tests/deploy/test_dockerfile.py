@@ -17,7 +17,7 @@ import pytest
 
 from common.settings import Settings
 from online.cli import build_parser
-from tests.deploy import checks
+from tests.deploy import checks, runtime_venv
 
 DOCKERFILE = checks.ROOT / "Dockerfile"
 
@@ -82,16 +82,47 @@ def test_hadolint_passes() -> None:
 def test_runtime_stage_is_slim_non_root_and_has_no_build_tools() -> None:
     text = DOCKERFILE.read_text()
     found = stages(text)
-    assert list(found) == ["build", "runtime"]
+    assert list(found) == ["tools", "build", "toolchain", "venv", "runtime"]
     runtime = found["runtime"]
     assert re.search(r"ARG PYTHON_IMAGE=python:[\d.]+-slim", text)
-    users = [rest for word, rest in runtime if word == "USER"]
-    assert users and users[-1].isdigit() and int(users[-1]) > 0, "numeric non-root USER"
+    assert all(re.fullmatch(r"\$\{PYTHON_IMAGE\} AS \w+|tools AS \w+", rest)
+               for word, rest in instructions(text) if word == "FROM")
+    for stage in ("runtime", "toolchain"):  # the two images
+        users = [rest for word, rest in found[stage] if word == "USER"]
+        assert users and users[-1].isdigit() and int(users[-1]) > 0, "numeric non-root USER"
     runs = " ".join(rest for word, rest in runtime if word == "RUN")
     assert not re.search(r"apt-get|gcc|build-essential|pip install", runs)
     copies = [rest for word, rest in runtime if word == "COPY"]
-    assert copies and all(c.startswith("--from=build ") for c in copies)
-    assert not any("/src" in c for c in copies), "no sources or build tree in the runtime"
+    # The venv built from the pins (not the build venv), and the model; no sources.
+    assert sorted(copies) == ["--from=build /opt/surgeserve /opt/surgeserve",
+                              "--from=venv /opt/venv /opt/venv"]
+
+
+def test_the_runtime_venv_is_what_the_runtime_venv_test_builds() -> None:
+    """The venv stage installs the same pins with --no-deps, the project's wheels, and runs the
+    same pruning as tests/deploy/test_runtime_venv.py; the build stage drops what that test's
+    layout drops."""
+    found = stages(DOCKERFILE.read_text())
+    venv = found["venv"]
+    copied = [shlex.split(rest) for word, rest in venv if word == "COPY"]
+    local = {Path(src).as_posix(): dest for *srcs, dest in copied if srcs[0] != "--from=tools"
+             for src in srcs}
+    assert set(local) == {runtime_venv.LOCK, runtime_venv.PRUNE}
+    runs = " && ".join(rest for word, rest in venv if word == "RUN")
+    steps = [s.strip() for s in runs.split("&&")]
+    lock = local[runtime_venv.LOCK].rstrip("/") + "/" + Path(runtime_venv.LOCK).name
+    prune = local[runtime_venv.PRUNE].rstrip("/") + "/" + Path(runtime_venv.PRUNE).name
+    installs = [s for s in steps if " install " in s]
+    assert installs == [f"/opt/venv/bin/pip install --no-deps -r {lock}",
+                        "/opt/venv/bin/pip install --no-deps /tmp/wheels/*.whl"]
+    assert steps[-1] == f"/opt/venv/bin/python {prune}"  # pruned last, after every install
+    assert "--from=tools /wheels /tmp/wheels" in [rest for word, rest in venv if word == "COPY"]
+    tools = " ".join(rest for word, rest in found["tools"] if word == "RUN")
+    assert f"--constraint {runtime_venv.LOCK}" in tools  # compiled on the versions that serve
+    assert "pip wheel --no-deps --wheel-dir /wheels . ./client" in tools
+    build = " ".join(rest for word, rest in found["build"] if word == "RUN")
+    for dropped in runtime_venv.NOT_SHIPPED:
+        assert re.search(rf"rm (-rf )?/opt/surgeserve/\S*{dropped}", build), dropped
 
 
 def test_copied_paths_exist_and_are_not_ignored() -> None:
@@ -116,6 +147,8 @@ def test_pins_match_the_makefile() -> None:
     assert build_data <= set(text.split()), build_data
     torch = re.search(r"torch==([\d.]+)", makefile)
     assert torch and f"torch=={torch.group(1)}" in text
+    pyproject = (checks.ROOT / "pyproject.toml").read_text()
+    assert f'"torch=={torch.group(1)}"' in pyproject  # the build extra: the same wheel
 
 
 def test_command_port_and_settings_are_real() -> None:
@@ -126,6 +159,9 @@ def test_command_port_and_settings_are_real() -> None:
     assert entry == ["surgeserve"]
     build_parser().parse_args(cmd)  # a real subcommand (argparse exits on an unknown one)
     build_parser().parse_args(["worker"])
+    toolchain = stages(DOCKERFILE.read_text())["toolchain"]
+    assert [json.loads(r) for w, r in toolchain if w == "ENTRYPOINT"][-1] == ["surgeserve"]
+    build_parser().parse_args([json.loads(r) for w, r in toolchain if w == "CMD"][-1])
     env = " ".join(r for w, r in found if w == "ENV")
     names = set(re.findall(r"\b([A-Z_]+)=", env))
     fields = {f"SURGE_{n.upper()}" for n in Settings.model_fields} | {"PORT"}

@@ -267,7 +267,9 @@ def test_own_model_init_compiles_where_the_server_looks(built, overlay: str) -> 
         spec = find(docs, kind, name)["spec"]["template"]["spec"]
         (init,) = spec["initContainers"]
         (main,) = spec["containers"]
-        assert init["image"] == main["image"] and init["image"].startswith(IMAGE)
+        # The build tools' image (the runtime image has no torch), at the server's tag.
+        assert main["image"].startswith(f"{IMAGE}:")
+        assert init["image"] == main["image"].replace(f"{IMAGE}:", f"{IMAGE}-toolchain:", 1)
         env = model_env(main)
         assert env.keys() == {"SURGE_MODEL_DIR", "SURGE_MODEL_HOME"}
         assert model_env(init) == env  # compiled where the server will look for it

@@ -44,7 +44,8 @@ def local(path: str, mounts: dict[str, Path]) -> str:
 def run_init(init: dict[str, Any], mounts: dict[str, Path]) -> subprocess.CompletedProcess[str]:
     env = {e["name"]: local(e["value"], mounts) if e["value"].startswith("/") else e["value"]
            for e in init["env"]}
-    # `surgeserve` is the console script of this environment, as in the image.
+    # `surgeserve` is the console script of this environment (it has the build tools, as the
+    # toolchain image the init container runs has).
     path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"
     return subprocess.run([*init["command"], *init["args"]], env=os.environ | env | {
         "PATH": path}, capture_output=True, text=True, timeout=600)

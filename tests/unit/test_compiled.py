@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import pytest
 
 from common.compiled import GUARD, META, MODEL, compile_model, compiled_dir
-from common.identity import weights_hash
+from common.engines import torch as torch_engine
+from common.errors import ModelNotFound, ModelNotServable
+from common.identity import MANIFEST, WEIGHT_FILES, weights_hash
 from common.loader import EngineRequest, load_bundle
+from tests.unit.test_training import assert_readable_by_anyone
 
 TEXTS = ["ok", "a long and winding review " * 20, "Mixed Case TEXT", "x"]
 
@@ -65,3 +70,37 @@ def test_the_settings_model_home_is_the_one_used(tiny_model_dir: Path, model_hom
     assert load_configured(settings).engine.kind == "onnx"
     assert load_configured(Settings(model_dir=tiny_model_dir, engine="onnx",
                                     max_tokens=64)).engine.kind == "transformers"
+
+
+def test_a_model_shipped_without_weights_serves_from_its_artifact(tiny_model_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """The runtime image drops the weights (no torch there to use them): the artifact
+    compiled from them serves, under the same identity, readable by a non-root server."""
+    where = compile_model(tiny_model_dir)
+    assert_readable_by_anyone(where)
+    full = load_bundle(tiny_model_dir, max_tokens=64, request=EngineRequest(engine="onnx"))
+    shipped = tmp_path / "shipped"
+    shutil.copytree(tiny_model_dir, shipped,
+                    ignore=shutil.ignore_patterns(*WEIGHT_FILES, "model-*.safetensors"))
+    (shipped / MANIFEST).write_text(json.dumps({"version": weights_hash(tiny_model_dir)}))
+    bundle = load_bundle(shipped, max_tokens=64, request=EngineRequest(engine="onnx"))
+    assert (bundle.identity, bundle.engine.kind) == (full.identity, "onnx")
+    assert bundle.predict(TEXTS) == full.predict(TEXTS)
+    shutil.rmtree(where)
+    with pytest.raises(ModelNotFound, match="no weights"):  # nothing left to serve it
+        load_bundle(shipped)
+
+
+def test_without_transformers_a_model_with_no_artifact_is_refused(
+        tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runtime image has no eager fallback: loading says so instead of failing on an
+    import (tests/deploy/test_runtime_venv.py shows it in a venv really without torch)."""
+    monkeypatch.setattr(torch_engine, "available", lambda: False)
+    with pytest.raises(ModelNotServable, match="no compiled artifact matches") as caught:
+        load_bundle(tiny_model_dir)
+    assert caught.value.detail["weights"] == weights_hash(tiny_model_dir)
+    assert "surgeserve model compile" in caught.value.detail["hint"]
+    with pytest.raises(ModelNotServable, match="SURGE_ENGINE=transformers"):
+        load_bundle(tiny_model_dir, compiled=False)
+    compile_model(tiny_model_dir)
+    assert load_bundle(tiny_model_dir).engine.kind in ("onnx", "openvino")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 from pathlib import Path
 
 from common.identity import MANIFEST
@@ -23,3 +24,13 @@ def test_small_build_is_deterministic_and_loadable(tmp_path: Path) -> None:
     bundle = load_bundle(first, compiled=False)
     assert (bundle.name, bundle.labels) == ("surge-sentiment-minilm", ["NEGATIVE", "POSITIVE"])
     assert not list(tmp_path.glob(".building-*"))  # staging cleaned up
+    assert_readable_by_anyone(first)
+
+
+def assert_readable_by_anyone(tree: Path) -> None:
+    """Every directory listable and every file readable by other users: the image's server
+    runs as a non-root user over files its root build wrote."""
+    for path in [tree, *tree.rglob("*")]:
+        mode = path.stat().st_mode
+        need = 0o005 if path.is_dir() else 0o004
+        assert mode & need == need, f"{path} is {stat.filemode(mode)}"
