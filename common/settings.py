@@ -321,6 +321,25 @@ def mask_url(url: str) -> str:
     return urlunsplit((parts.scheme, auth + host, parts.path, parts.query, parts.fragment))
 
 
+def local_cache_dir() -> Path:
+    """Where this machine keeps what it measures and compiles for an artifact whose own
+    directory is read-only (a runtime image): SURGE_CACHE_DIR, else the user's cache
+    directory when it can be made, else the temp directory (per user)."""
+    env = os.environ.get("SURGE_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "surgeserve"
+    try:
+        (base / "local").mkdir(parents=True, exist_ok=True)
+        if os.access(base / "local", os.W_OK):
+            return base / "local"
+    except OSError:
+        pass
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"surgeserve-{os.getuid()}"
+
+
 def default_model_home() -> Path:
     """Where built models are cached: outside the repo, shared by every checkout."""
     env = os.environ.get("SURGE_MODEL_HOME")

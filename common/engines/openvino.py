@@ -7,7 +7,8 @@ accuracy, on ONNX Runtime and on OpenVINO alike: the guard rejects it, so no int
 `streams` is OpenVINO's own notion (NUM_STREAMS): independent executors, each with `threads`
 threads; each model worker thread owns one infer request, so `streams` workers run passes at
 once without sharing one thread pool (2 x 1 beat 1 x 2 by 1.75x on the issue's AMX machine).
-Compiled blobs are cached beside the artifact (CACHE_DIR), so a restart skips compilation.
+Compiled blobs are cached beside the artifact (CACHE_DIR; under SURGE_CACHE_DIR when the
+artifact is read-only), so a restart skips compilation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from common.compiled import writable_dir
 from common.engines import Batching, RustEncoder, Spec, pad_batch, rust_tokenizer
 
 log = logging.getLogger(__name__)
@@ -111,16 +113,6 @@ def _config(spec: Spec) -> dict[str, Any]:
             "CPU_RUNTIME_CACHE_CAPACITY": str(SHAPE_CACHE)}
 
 
-def _cache_dir(artifact: Path) -> str | None:
-    """Where compiled blobs are kept: beside the artifact when it is writable."""
-    where = artifact / "openvino-cache"
-    try:
-        where.mkdir(exist_ok=True)
-    except OSError:
-        return None
-    return str(where) if os.access(where, os.W_OK) else None
-
-
 def open_engine(artifact: Path, meta: dict[str, Any], spec: Spec,
                 max_tokens: int) -> OpenVinoEngine:
     """The engine for `spec` over the artifact's ONNX file."""
@@ -135,8 +127,8 @@ def open_engine(artifact: Path, meta: dict[str, Any], spec: Spec,
             "CPU", "OPTIMIZATION_CAPABILITIES"):
         # The hint would be ignored and f32 computed under a bf16 name (and cache key).
         raise ValueError("this CPU does not compute in bf16")
-    if cache := _cache_dir(artifact):
-        core.set_property({"CACHE_DIR": cache})
+    if cache := writable_dir(artifact, "openvino-cache"):
+        core.set_property({"CACHE_DIR": str(cache)})
     compiled = core.compile_model(str(model_file), "CPU", _config(spec))
     return OpenVinoEngine(compiled, rust_tokenizer(artifact / "tokenizer.json", max_tokens),
                           int(meta["pad_id"]), spec)
