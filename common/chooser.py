@@ -131,7 +131,7 @@ def run_texts(engine: Engine, texts: list[str], streams: int, batching: Batching
     if whole_sorted:
         ids = engine.encode(texts)
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        units = _chunks(order, ids, size, batching.max_forward_tokens, batching.max_padding)
+        units = _chunks(order, ids, size, batching.max_forward_tokens, batching.sorted_padding)
     else:
         units = [list(range(i, min(i + size, len(texts)))) for i in range(0, len(texts), size)]
     with ThreadPoolExecutor(streams) as pool:

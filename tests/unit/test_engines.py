@@ -207,7 +207,8 @@ def test_model_info_shows_the_choice(default_model_dir: Path, home: Path) -> Non
         "chosen_by": "measured at compile on this CPU", "measured": None}
     assert info["engine"]["measured"]["cpu"] == chooser.cpu_info()
     assert info["identity"] == f"{info['version']}.t128.fp32"
-    assert info["batching"] == {"max_batch": 32, "max_forward_tokens": 512, "max_padding": 0.2}
+    assert info["batching"] == {"max_batch": 32, "max_forward_tokens": 512, "max_padding": 0.2,
+                                "sorted_padding": 0.2}
 
 
 def test_a_read_only_artifact_keeps_what_it_measures_and_compiles_in_the_cache_dir(
