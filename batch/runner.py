@@ -51,8 +51,7 @@ class ChunkRunner:
         self.store = store
         self.settings = settings
         self.metrics = metrics or WorkerMetrics()
-        # Sized for any model's streams; threads start only as they are used.
-        self._pool = ThreadPoolExecutor(64, thread_name_prefix="model")
+        self._pools: dict[str, ThreadPoolExecutor] = {}  # model name -> its streams
         self.payload = PayloadLogger.from_settings(settings, self.metrics.payload_events,
                                                    source=SOURCE_JOBS, pack=False)
 
@@ -148,21 +147,20 @@ class ChunkRunner:
                 await cache.close()
 
     def _predict_parallel(self, bundle: ModelBundle, texts: list[str]) -> list[Ranked]:
-        """The chunk split over the engine's streams (the online path's layout, the engine
-        the chooser measured fastest); interleaved slices keep the length mix of each slice
-        alike, and each slice is sorted as a whole (tighter passes than online batches)."""
-        workers = min(self.settings.model_workers or bundle.streams, max(1, len(texts)))
-        slices = [texts[k::workers] for k in range(workers)]
-        cut = serving_batching(bundle, self.settings)
+        """The chunk sorted as a whole and cut into passes by the engine's rule, the passes
+        run on every engine stream at once (the engine the chooser measured fastest)."""
+        cut = serving_batching(bundle, self.settings, whole=True)
+        return bundle.predict(texts, cut.max_batch, cut.max_forward_tokens, cut.max_padding,
+                              streams=self._streams(bundle))
 
-        def run(part: list[str]) -> list[Ranked]:
-            return bundle.predict(part, cut.max_batch, cut.max_forward_tokens, cut.max_padding)
-
-        parts = list(self._pool.map(run, slices))
-        out: list[Ranked] = [[] for _ in texts]
-        for k, part in enumerate(parts):
-            out[k::workers] = part
-        return out
+    def _streams(self, bundle: ModelBundle) -> ThreadPoolExecutor:
+        """One thread per engine stream of this model, kept for the worker's life."""
+        workers = self.settings.model_workers or bundle.streams
+        pool = self._pools.get(bundle.name)
+        if pool is None:
+            pool = self._pools[bundle.name] = ThreadPoolExecutor(
+                workers, thread_name_prefix=f"model-{bundle.name}")
+        return pool
 
     def _cache(self) -> PredictionCache | None:
         tier = RedisTier.from_settings(self.settings, self.metrics)

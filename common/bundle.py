@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,14 +68,17 @@ class ModelBundle:
         return f"{self.weights or self.version}.t{self.max_tokens}.{self.precision}"
 
     def predict(self, texts: list[str], max_forward_batch: int | None = None,
-                max_forward_tokens: int | None = None,
-                max_padding: float | None = None) -> list[Ranked]:
+                max_forward_tokens: int | None = None, max_padding: float | None = None,
+                streams: Executor | None = None) -> list[Ranked]:
         """Ranked label scores for each text, in input order.
 
         Texts are sorted by token length and cut into forward passes of at most
         `max_forward_tokens` padded tokens whose padding stays within `max_padding` of their
         real tokens (each None: the engine's default): a padded token costs about what a real
         one costs, so several tight passes beat one ragged one (measured: README, Engines).
+        The passes run one after another on this thread, or on `streams` (an executor with
+        one thread per engine stream: a job chunk keeps every stream busy, sorted as a whole),
+        largest first so the streams finish together.
         """
         if not texts:
             return []
@@ -82,11 +86,19 @@ class ModelBundle:
         ids = self.engine.encode(texts)
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
         out: list[Ranked] = [[] for _ in texts]
-        for chunk in _chunks(order, ids, cut.max_batch, cut.max_forward_tokens,
-                             cut.max_padding):
+
+        def run(chunk: list[int]) -> None:
             probs = softmax(self.engine.logits([ids[i] for i in chunk]))
             for row, i in zip(probs.tolist(), chunk, strict=True):
                 out[i] = _rank(self.labels, row)
+
+        passes = _chunks(order, ids, cut.max_batch, cut.max_forward_tokens, cut.max_padding)
+        if streams is None:
+            for chunk in passes:
+                run(chunk)
+        else:
+            passes.sort(key=lambda c: -len(c) * len(ids[c[-1]]))  # padded tokens, largest first
+            list(streams.map(run, passes))
         return out
 
     def keyed(self, text: str) -> tuple[str, str]:
@@ -116,11 +128,14 @@ class ModelBundle:
         }
 
 
-def serving_batching(bundle: ModelBundle, settings: Settings) -> Batching:
-    """How the service and the jobs cut work for this bundle: the engine's defaults, with
-    whatever SURGE_MAX_BATCH_SIZE, SURGE_MAX_FORWARD_TOKENS, SURGE_MAX_PADDING set."""
-    return bundle.batching.overridden(settings.max_batch_size, settings.max_forward_tokens,
-                                      settings.max_padding)
+def serving_batching(bundle: ModelBundle, settings: Settings, *,
+                     whole: bool = False) -> Batching:
+    """How the service (arrival-order batches) and the jobs (`whole`: a chunk sorted as a
+    whole) cut work for this bundle: the engine's defaults, with whatever
+    SURGE_MAX_BATCH_SIZE, SURGE_MAX_FORWARD_TOKENS, SURGE_MAX_PADDING set."""
+    cut = bundle.batching.overridden(settings.max_batch_size, settings.max_forward_tokens,
+                                     settings.max_padding)
+    return cut.for_sorted if whole else cut
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from common.bundle import _chunks
-from common.compiled import GUARD, guard_set, read_manifest, write_json
+from common.compiled import GUARD, guard_set, local_copy, read_manifest, writable_dir, write_json
 from common.engines import Batching, Engine, Spec, open_engine
 from common.settings import usable_cpus
 
@@ -41,6 +41,9 @@ MIN_GAIN = 1.05  # over ONNX Runtime fp32, or it stays
 FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "avx512_fp16",
          "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 START_TEXTS = 512  # guard texts when measuring at server start (bounded: ~10 s here)
+# Wall-clock bound on measuring at server start (before readiness): challengers not yet
+# measured when it is spent are left out (ONNX Runtime fp32 always runs: the reference).
+START_BUDGET_S = 30.0
 
 
 def cpu_info() -> dict[str, Any]:
@@ -128,7 +131,7 @@ def run_texts(engine: Engine, texts: list[str], streams: int, batching: Batching
     if whole_sorted:
         ids = engine.encode(texts)
         order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        units = _chunks(order, ids, size, batching.max_forward_tokens, batching.max_padding)
+        units = _chunks(order, ids, size, batching.max_forward_tokens, batching.sorted_padding)
     else:
         units = [list(range(i, min(i + size, len(texts)))) for i in range(0, len(texts), size)]
     with ThreadPoolExecutor(streams) as pool:
@@ -204,10 +207,10 @@ def load_guard(artifact: Path, meta: dict[str, Any]) -> dict[str, Any]:
 
 def measure(artifact: Path, meta: dict[str, Any], *, full: bool, max_tokens: int = 128,
             rounds: int | None = None) -> dict[str, Any]:
-    """Measure every candidate on this CPU, guard them, pick the winner; record it in the
-    artifact (when writable) and return the record. `full` (at compile): all held-out texts,
-    both stream layouts, two rounds; otherwise (at server start) the first START_TEXTS,
-    one stream per core, one round."""
+    """Measure every candidate on this CPU, guard them, pick the winner; record it (with
+    the artifact, else under SURGE_CACHE_DIR) and return the record. `full` (at compile):
+    all held-out texts, both stream layouts, two rounds; otherwise (at server start) the
+    first START_TEXTS, one stream per core, one round, within START_BUDGET_S."""
     started = time.perf_counter()
     guard = load_guard(artifact, meta)
     texts = guard["texts"] if full else guard["texts"][:START_TEXTS]
@@ -222,6 +225,9 @@ def measure(artifact: Path, meta: dict[str, Any], *, full: bool, max_tokens: int
         # (importing the web stack) counts against a challenger, never for one.
         part = texts if number == 0 else texts[:START_TEXTS]
         for m in reversed(results):
+            spent = time.perf_counter() - started > START_BUDGET_S
+            if not full and spent and m is not results[0] and m.error is None:
+                m.error = f"not measured: the start budget ({START_BUDGET_S:g} s) was spent"
             if m.error is None:
                 _round(m, artifact, meta, part, max_tokens, keep_labels=number == 0)
     reference = results[0].labels  # ONNX Runtime fp32
@@ -282,23 +288,34 @@ def _record(results: list[Measured], guard: dict[str, Any], gold: list[int] | No
 
 
 def recorded(artifact: Path) -> dict[str, Any] | None:
-    """What was measured with this artifact on this CPU, if anything."""
-    try:
-        choices = dict(json.loads((artifact / CHOICES).read_text()))
-    except (OSError, ValueError):
-        return None
-    record = choices.get(cpu_key())
-    return dict(record) if isinstance(record, dict) else None
+    """What was measured with this artifact on this CPU, if anything: kept with the
+    artifact, or (a read-only artifact) under SURGE_CACHE_DIR."""
+    for where in (artifact, local_copy(artifact)):
+        record = _choices(where).get(cpu_key())
+        if isinstance(record, dict):
+            return dict(record)
+    return None
 
 
 def save(artifact: Path, record: dict[str, Any]) -> bool:
-    """Keep the record for this CPU beside those of other CPUs."""
-    try:
-        choices = dict(json.loads((artifact / CHOICES).read_text()))
-    except (OSError, ValueError):
-        choices = {}
+    """Keep the record for this CPU beside those of other CPUs: with the artifact when it is
+    writable, else under SURGE_CACHE_DIR (so a read-only image measures once per machine, not
+    at every start). False when nowhere can be written."""
+    where = writable_dir(artifact)
+    if where is None:
+        log.warning("nowhere to keep the engine choice for %s (read-only, and SURGE_CACHE_DIR "
+                    "not writable): the next start measures again", artifact)
+        return False
+    choices = _choices(where)
     choices[cpu_key(record["cpu"])] = record
-    return write_json(artifact / CHOICES, choices)
+    return write_json(where / CHOICES, choices)
+
+
+def _choices(where: Path) -> dict[str, Any]:
+    try:
+        return dict(json.loads((where / CHOICES).read_text()))
+    except (OSError, ValueError):
+        return {}
 
 
 def pick(record: dict[str, Any], *, engine: str = "auto", precision: str = "auto",

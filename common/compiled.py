@@ -40,7 +40,7 @@ from common.engines.torch import TorchEngine, is_uncased, labels_of
 from common.engines.torch import open_engine as open_torch
 from common.errors import ModelNotFound
 from common.identity import read_manifest, weights_hash, weights_stat
-from common.settings import default_model_home
+from common.settings import default_model_home, local_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +71,32 @@ def compiled_dir(weights: str, home: Path | None = None) -> Path:
     (Settings.model_home; None: as Settings reads it now)."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", f"{weights}-{FORMAT}")
     return (home or default_model_home()) / "compiled" / safe
+
+
+def writable_dir(artifact: Path, name: str = "") -> Path | None:
+    """Where this machine may write what it measures or compiles for `artifact` (`name`: a
+    subdirectory): the artifact's own directory when writable, else its stand-in under
+    SURGE_CACHE_DIR (a runtime image's artifact is read-only). None when neither can be
+    written: then nothing is kept, and the next start does the work again."""
+    for base in (artifact, local_copy(artifact)):
+        where = base / name if name else base
+        if can_write(where):
+            return where
+    return None
+
+
+def local_copy(artifact: Path) -> Path:
+    """The directory under SURGE_CACHE_DIR that stands in for a read-only `artifact`."""
+    return local_cache_dir() / "compiled" / artifact.name
+
+
+def can_write(where: Path) -> bool:
+    """The directory exists (made now if need be) and this process may write in it."""
+    try:
+        where.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(where, os.W_OK)
 
 
 def read_meta(where: Path) -> dict[str, Any] | None:

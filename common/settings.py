@@ -353,6 +353,25 @@ def _cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
 
 
+def local_cache_dir() -> Path:
+    """Where this machine keeps what it measures and compiles for an artifact whose own
+    directory is read-only (a runtime image): SURGE_CACHE_DIR, else the user's cache
+    directory when it can be made, else the temp directory (per user)."""
+    env = os.environ.get("SURGE_CACHE_DIR")
+    if env:
+        return Path(env)
+    base = _cache_home() / "surgeserve"
+    try:
+        (base / "local").mkdir(parents=True, exist_ok=True)
+        if os.access(base / "local", os.W_OK):
+            return base / "local"
+    except OSError:
+        pass
+    import tempfile
+
+    return Path(tempfile.gettempdir()) / f"surgeserve-{os.getuid()}"
+
+
 def default_model_home() -> Path:
     """SURGE_MODEL_HOME as Settings reads it, for callers given no Settings (tests,
     benchmarks); the server passes its settings' model_home down instead."""

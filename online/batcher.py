@@ -2,6 +2,8 @@
 
 When a worker frees up it takes everything queued (up to max_batch_size) at once, so batches
 grow with load by themselves and a lone request at low load waits for nothing but its forward pass.
+Only while another worker is busy (a loaded server) does a freed worker wait a moment for the
+requests on their way back (`_hold`): a lone request never waits.
 `max_wait_ms` > 0 optionally holds a non-full batch open that long for company.
 
 The workers collect for themselves (a lock and a condition around the queue): a worker that
@@ -37,6 +39,10 @@ R = TypeVar("R")
 
 
 RATE_WINDOW_S = 5.0
+# Holding a batch open for the requests on their way back (see _hold): at most this share of
+# the worker's last forward pass, and only while they keep arriving (gaps under HOLD_GAP_S).
+HOLD_SHARE = 0.25
+HOLD_GAP_S = 0.002
 
 
 @dataclass
@@ -88,6 +94,7 @@ class MicroBatcher(Generic[T, R]):
         self.workers = workers
         # (finished at, items, busy seconds) of recent batches.
         self._finished: collections.deque[tuple[float, int, float]] = collections.deque()
+        self._last_busy: dict[str, float] = {}  # worker thread name -> its last batch's seconds
 
     @property
     def depth(self) -> int:
@@ -168,6 +175,8 @@ class MicroBatcher(Generic[T, R]):
                     return None
                 self._ready.wait()
             batch = self._take()
+            if self._running and len(batch) < self.max_batch_size:  # another worker is busy
+                batch += self._hold(len(batch))
             if self.max_wait_s and len(batch) < self.max_batch_size:
                 until = time.monotonic() + self.max_wait_s
                 while len(batch) < self.max_batch_size and (left := until - time.monotonic()) > 0:
@@ -176,6 +185,24 @@ class MicroBatcher(Generic[T, R]):
             self._running += 1
         self._depth.set(len(self._items))
         return batch
+
+    def _hold(self, have: int) -> list[_Item[T, R]]:
+        """A worker freed while another is busy (a loaded server) takes what arrives in the
+        next moments too: the clients it just answered are on their way back, and taking
+        everything queued at once would start a batch of the few that beat them (measured:
+        batches of 5-9 instead of ~16 under 32 clients on 2 workers, and a pass of few texts
+        costs more per text). While requests keep arriving (gaps under HOLD_GAP_S), up to
+        HOLD_SHARE of this worker's last batch time. Called with the lock held."""
+        more: list[_Item[T, R]] = []
+        last = self._last_busy.get(threading.current_thread().name, 0.0)
+        until = time.monotonic() + HOLD_SHARE * last
+        while have + len(more) < self.max_batch_size and (left := until - time.monotonic()) > 0:
+            self._ready.wait(min(left, HOLD_GAP_S))
+            got = self._take(self.max_batch_size - have - len(more))
+            if not got:
+                break
+            more += got
+        return more
 
     def _take(self, limit: int | None = None) -> list[_Item[T, R]]:
         items = self._items
@@ -214,6 +241,7 @@ class MicroBatcher(Generic[T, R]):
         now = time.monotonic()
         with self._ready:
             self._finished.append((now, len(batch), now - started))
+            self._last_busy[threading.current_thread().name] = now - started
         self._hand_back(batch, results, None)
 
     def _hand_back(self, batch: list[_Item[T, R]], results: list[R] | None,

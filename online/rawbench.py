@@ -24,8 +24,8 @@ from common.settings import Settings
 def measure(texts: list[str], batch_size: int, path: Path | None, settings: Settings,
             whole_sorted: bool = False) -> dict[str, Any]:
     """Texts per second of bundle.predict with the service's engine, streams and pass rule:
-    arrival-order batches of `batch_size`, or (`whole_sorted`) the set split over the streams
-    and each part sorted whole, as a job chunk runs."""
+    arrival-order batches of `batch_size`, or (`whole_sorted`) the set sorted as a whole and
+    its passes run on every stream, as a job chunk runs."""
     from common.loader import load_configured
 
     bundle = load_configured(settings, path)
@@ -38,20 +38,20 @@ def measure(texts: list[str], batch_size: int, path: Path | None, settings: Sett
 
 def _timed(bundle: ModelBundle, texts: list[str], batch_size: int, streams: int,
            settings: Settings, whole_sorted: bool) -> float:
-    cut = serving_batching(bundle, settings)
-    if whole_sorted:
-        batches = [texts[k::streams] for k in range(streams)]
-    else:
-        batches = [texts[start : start + batch_size]
-                   for start in range(0, len(texts), batch_size)]
+    cut = serving_batching(bundle, settings, whole=whole_sorted)
+    batches = [texts[start : start + batch_size] for start in range(0, len(texts), batch_size)]
 
     def run(batch: list[str]) -> None:
-        bundle.predict(batch, max_forward_batch=cut.max_batch if whole_sorted else batch_size,
+        bundle.predict(batch, max_forward_batch=batch_size,
                        max_forward_tokens=cut.max_forward_tokens, max_padding=cut.max_padding)
 
     started = time.perf_counter()
     with ThreadPoolExecutor(streams) as pool:  # the service's worker layout
-        list(pool.map(run, batches))
+        if whole_sorted:  # as a job chunk runs: one sort, the passes on every stream
+            bundle.predict(texts, cut.max_batch, cut.max_forward_tokens, cut.max_padding,
+                           streams=pool)
+        else:
+            list(pool.map(run, batches))
     return time.perf_counter() - started
 
 

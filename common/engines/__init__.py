@@ -27,15 +27,25 @@ class Batching:
     max_batch: int = 32
     max_forward_tokens: int = 512
     max_padding: float = 0.2
+    # The padding rule for work sorted as a whole (a job chunk): neighbours are close in
+    # length, so tight passes stay full; max_padding is for arrival-order batches.
+    sorted_padding: float = 0.2
 
     def overridden(self, max_batch: int | None = None, max_forward_tokens: int | None = None,
                    max_padding: float | None = None) -> Batching:
-        """These defaults with the values a person set (None: keep the engine's)."""
+        """These defaults with the values a person set (None: keep the engine's; a padding
+        set by a person rules sorted work too)."""
         changes: dict[str, Any] = {k: v for k, v in (("max_batch", max_batch),
                                                       ("max_forward_tokens", max_forward_tokens),
-                                                      ("max_padding", max_padding))
+                                                      ("max_padding", max_padding),
+                                                      ("sorted_padding", max_padding))
                                    if v is not None}
         return replace(self, **changes)
+
+    @property
+    def for_sorted(self) -> Batching:
+        """The rule for work sorted as a whole: its own padding."""
+        return replace(self, max_padding=self.sorted_padding)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,8 @@ accuracy, on ONNX Runtime and on OpenVINO alike: the guard rejects it, so no int
 `streams` is OpenVINO's own notion (NUM_STREAMS): independent executors, each with `threads`
 threads; each model worker thread owns one infer request, so `streams` workers run passes at
 once without sharing one thread pool (2 x 1 beat 1 x 2 by 1.75x on the issue's AMX machine).
-Compiled blobs are cached beside the artifact (CACHE_DIR), so a restart skips compilation.
+Compiled blobs are cached beside the artifact (CACHE_DIR; under SURGE_CACHE_DIR when the
+artifact is read-only), so a restart skips compilation.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from common.compiled import writable_dir
 from common.engines import Batching, RustEncoder, Spec, pad_batch, rust_tokenizer
 
 log = logging.getLogger(__name__)
@@ -27,9 +29,12 @@ log = logging.getLogger(__name__)
 # Measured here (AMD EPYC Zen 4, 2 cores; texts per CPU-second, 1,200 snippets in arrival
 # order, README, Engines): bf16 passes are cheap enough that fewer, wider passes win
 # (50% padding 396 texts/s vs 20% 350); f32 behaves like ONNX Runtime fp32 (20%: 216-227,
-# 50%: 193-202).
+# 50%: 193-202). Sorted work (job chunks of 256, sorted whole) is another matter: bf16 at
+# 20% padding 4.40-4.48 CPU ms/text vs 4.73-4.84 at 50% (neighbours are close in length,
+# so tight passes stay full; the whole 4,096-text set sorted: 4.2-4.3 either way).
 BATCHING = {"fp32": Batching(max_batch=32, max_forward_tokens=512, max_padding=0.2),
-            "bf16": Batching(max_batch=32, max_forward_tokens=512, max_padding=0.5)}
+            "bf16": Batching(max_batch=32, max_forward_tokens=512, max_padding=0.5,
+                             sorted_padding=0.2)}
 _HINT = {"fp32": "f32", "bf16": "bf16"}
 
 
@@ -90,21 +95,25 @@ class OpenVinoEngine(RustEncoder):
 SHAPE_CACHE = 16
 
 
+# oneDNN keeps its own process-wide cache of JIT kernels (default 1,024 entries) beside
+# OpenVINO's per-shape cache above; with dynamic shapes it holds one set per shape seen and
+# was most of what the server grew under load. Off, measured here (AMD EPYC Zen 4, 2 cores,
+# bf16 2x1, 2,000 snippets in arrival order, interleaved): RSS after load 311-312 vs 457-460
+# MB in-process (server under k6: 333 vs 494-513 MB), texts per CPU-second the same (281-283
+# vs 275-287). An operator's own setting wins. Read when the first kernel is made, so it is
+# set before the first compile.
+ONEDNN_CACHE = "0"
+
+
+def _limit_kernel_cache() -> None:
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE)
+
+
 def _config(spec: Spec) -> dict[str, Any]:
     return {"INFERENCE_PRECISION_HINT": _HINT[spec.precision],
             "NUM_STREAMS": str(spec.streams),
             "INFERENCE_NUM_THREADS": str(spec.streams * spec.threads),
             "CPU_RUNTIME_CACHE_CAPACITY": str(SHAPE_CACHE)}
-
-
-def _cache_dir(artifact: Path) -> str | None:
-    """Where compiled blobs are kept: beside the artifact when it is writable."""
-    where = artifact / "openvino-cache"
-    try:
-        where.mkdir(exist_ok=True)
-    except OSError:
-        return None
-    return str(where) if os.access(where, os.W_OK) else None
 
 
 def open_engine(artifact: Path, meta: dict[str, Any], spec: Spec,
@@ -115,13 +124,14 @@ def open_engine(artifact: Path, meta: dict[str, Any], spec: Spec,
     if spec.precision not in BATCHING:
         raise ValueError(f"openvino has no {spec.precision} path")
     model_file = artifact / "model.onnx"
+    _limit_kernel_cache()
     core = ov.Core()
     if spec.precision == "bf16" and "BF16" not in core.get_property(
             "CPU", "OPTIMIZATION_CAPABILITIES"):
         # The hint would be ignored and f32 computed under a bf16 name (and cache key).
         raise ValueError("this CPU does not compute in bf16")
-    if cache := _cache_dir(artifact):
-        core.set_property({"CACHE_DIR": cache})
+    if cache := writable_dir(artifact, "openvino-cache"):
+        core.set_property({"CACHE_DIR": str(cache)})
     compiled = core.compile_model(str(model_file), "CPU", _config(spec))
     return OpenVinoEngine(compiled, rust_tokenizer(artifact / "tokenizer.json", max_tokens),
                           int(meta["pad_id"]), spec)

@@ -189,3 +189,44 @@ async def test_a_burst_after_an_idle_spell_is_not_shed(monkeypatch: pytest.Monke
         batcher.admit(int(rate))  # but not another second of work
     await asyncio.gather(*burst)
     await batcher.stop()
+
+
+async def test_a_worker_freed_while_another_is_busy_waits_for_requests_on_their_way(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two workers: one busy, the other just finished a batch. Requests arriving one after
+    another (as answered clients come back) go in one batch, not the first alone; with both
+    workers idle a lone request still runs at once."""
+    import online.batcher as batcher_module
+
+    monkeypatch.setattr(batcher_module, "HOLD_GAP_S", 0.5)  # generous: a shared machine
+    monkeypatch.setattr(batcher_module, "HOLD_SHARE", 3.0)
+    release_busy = threading.Event()
+    batches: list[list[str]] = []
+
+    def model(texts: list[str]) -> list[str]:
+        if texts == ["busy"]:
+            release_busy.wait(timeout=10)
+        elif texts[0].startswith("warm"):
+            time.sleep(0.2)  # this worker's last batch took 0.2 s: it may hold up to 0.6 s
+        batches.append(list(texts))
+        return [t.upper() for t in texts]
+
+    batcher = MicroBatcher(model, max_batch_size=8, max_queue=100, workers=2)
+    batcher.start()
+    started = time.perf_counter()
+    assert await batcher.submit("alone", far()) == "ALONE"  # both idle: no waiting
+    assert time.perf_counter() - started < 0.2
+    warm = batcher.submit("warm1", far())  # one worker busy 0.2 s ...
+    await asyncio.sleep(0.05)
+    # ... so the other runs this one: both workers' last batch took 0.2 s, whichever is freed
+    assert await asyncio.gather(warm, batcher.submit("warm2", far())) == ["WARM1", "WARM2"]
+    busy = batcher.submit("busy", far())
+    await asyncio.sleep(0.1)  # one worker is now held by "busy"
+    first = batcher.submit("a", far())
+    await asyncio.sleep(0.05)
+    later = [batcher.submit(t, far()) for t in ("b", "c")]
+    assert await asyncio.gather(first, *later) == ["A", "B", "C"]
+    release_busy.set()
+    await busy
+    assert ["a", "b", "c"] in batches, batches
+    await batcher.stop()

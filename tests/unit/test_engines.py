@@ -207,4 +207,56 @@ def test_model_info_shows_the_choice(default_model_dir: Path, home: Path) -> Non
         "chosen_by": "measured at compile on this CPU", "measured": None}
     assert info["engine"]["measured"]["cpu"] == chooser.cpu_info()
     assert info["identity"] == f"{info['version']}.t128.fp32"
-    assert info["batching"] == {"max_batch": 32, "max_forward_tokens": 512, "max_padding": 0.2}
+    assert info["batching"] == {"max_batch": 32, "max_forward_tokens": 512, "max_padding": 0.2,
+                                "sorted_padding": 0.2}
+
+
+def test_a_read_only_artifact_keeps_what_it_measures_and_compiles_in_the_cache_dir(
+        default_model_dir: Path, home: Path, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A runtime image's artifact is read-only: the choice measured at start and OpenVINO's
+    compiled blobs go to SURGE_CACHE_DIR, and the next start measures nothing."""
+    import common.compiled as compiled
+
+    artifact = compiled_dir(weights_hash(default_model_dir))
+    artifact.chmod(0o555)  # read-only for a non-root server, as in the image
+    real = compiled.can_write
+    # Root may write anywhere: refuse the artifact's directory as the image's user would.
+    monkeypatch.setattr(compiled, "can_write",
+                        lambda where: not where.is_relative_to(artifact) and real(where))
+    monkeypatch.setenv("SURGE_CACHE_DIR", str(tmp_path / "cache"))
+    try:
+        first = load_bundle(default_model_dir, warmup=False)
+        assert first.choice["chosen_by"].startswith("measured at start on this CPU")
+        local = tmp_path / "cache" / "compiled" / artifact.name
+        assert chooser.CHOICES in {p.name for p in local.iterdir()}
+        assert not (artifact / chooser.CHOICES).exists()
+        meta = read_meta(artifact)
+        assert meta is not None
+        open_engine(Spec("openvino", "fp32", 1, 1), artifact, meta, 128)
+        assert list((local / "openvino-cache").iterdir())  # the compiled blob, kept
+        assert not (artifact / "openvino-cache").exists()
+
+        def no_measuring(*args: object, **kwargs: object) -> None:
+            raise AssertionError("measured again although the cache dir holds the record")
+
+        monkeypatch.setattr("common.loader.measure", no_measuring)
+        again = load_bundle(default_model_dir, warmup=False)
+        assert again.choice["chosen_by"] == "measured at an earlier start on this CPU"
+        assert again.engine.kind == first.engine.kind
+    finally:
+        artifact.chmod(0o755)
+
+
+def test_measuring_at_start_is_bounded(default_model_dir: Path, home: Path,
+                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past the start budget the challengers are left out; today's engine still runs."""
+    monkeypatch.setattr(chooser, "START_BUDGET_S", 0.0)
+    bundle = load_bundle(default_model_dir, warmup=False)
+    record = chooser.recorded(compiled_dir(bundle.weights))
+    assert record is not None
+    verdicts = {c["label"]: c for c in record["candidates"]}
+    assert verdicts["onnx fp32 2x1"]["passed"] is True
+    skipped = [c for label, c in verdicts.items() if label != "onnx fp32 2x1"]
+    assert skipped and all("start budget" in c["reason"] for c in skipped)
+    assert (bundle.engine.kind, bundle.precision) == ("onnx", "fp32")
