@@ -4,11 +4,13 @@ shipped without its weights or OpenVINO blobs, read-only."""
 
 from __future__ import annotations
 
+import io
 import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.deploy.checks import ROOT
 
@@ -45,6 +47,30 @@ class Venv:
 
 def tree_bytes(tree: Path) -> int:
     return sum(p.lstat().st_size for p in tree.rglob("*") if p.is_file() or p.is_symlink())
+
+
+def gzipped_mb(*trees: Path) -> float:
+    """MB (10^6) of the trees as one gzip-compressed tar (level 6, as `docker push` layers
+    are): what a node pulls for them."""
+    import gzip
+    import tarfile
+
+    class Count(io.RawIOBase):
+        size = 0
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            self.size += len(data)
+            return len(data)
+
+    counter = Count()
+    with gzip.GzipFile(fileobj=counter, mode="wb", compresslevel=6) as zipped, \
+            tarfile.open(fileobj=zipped, mode="w") as tar:
+        for tree in trees:
+            tar.add(tree, arcname=tree.name)
+    return counter.size / 1e6
 
 
 def run(*args: str | Path, cwd: Path | None = None) -> str:

@@ -32,7 +32,9 @@ from tests.deploy.runtime_venv import (
     Venv,
     build,
     clean_env,
+    gzipped_mb,
     image_layout,
+    tree_bytes,
 )
 
 ARTIFACTS = Path(os.environ.get("SURGE_TEST_ARTIFACTS", "test-artifacts"))
@@ -123,6 +125,9 @@ def test_the_image_layout_serves_the_default_model(runtime: tuple[Venv, Path],
     venv, where = runtime
     model, home = image_layout(default_model_dir, served_artifact(default_model_dir),
                                where / "image")
+    # What a fresh node pulls besides the base image: the venv and the model, compressed.
+    report(model_mb=round(tree_bytes(where / "image") / 1e6, 1),
+           venv_and_model_gzip_mb=round(gzipped_mb(venv.prefix, where / "image"), 1))
     artifact = home / "compiled" / served_artifact(default_model_dir).name
     engines = subprocess.run([str(venv.python), "-c", ENGINES, str(artifact)],
                              capture_output=True, text=True, timeout=300, env=clean_env(HOME="/"))
