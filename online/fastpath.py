@@ -44,7 +44,7 @@ class FastPredictRoute(Route):
             return Match.NONE, {}
         match, child = super().matches(scope)
         # the route's template labels metrics and access logs (FastAPI's routes do the same)
-        return match, child | {"route": self}
+        return match, {**child, "route": self}
 
     async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, complete = await _read(receive)
