@@ -57,10 +57,13 @@ class ChunkRunner:
         self._pools: dict[str, ThreadPoolExecutor] = {}  # model name -> its streams
         self.payload = PayloadLogger.from_settings(settings, self.metrics.payload_events,
                                                    source=SOURCE_JOBS, pack=False)
-        self._loop = WorkerLoop()
-        self._cache: PredictionCache | None = None  # one Redis pool, on the worker's loop
-        self._owner = 0  # the process the cache and the pools were made in
+        # One event loop per worker process, on its own thread, for the chunks' async steps,
+        # and on it one cache pool for the worker's life (not a loop and a pool per chunk).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cache: PredictionCache | None = None
         self._pipelines: dict[str, CachedPipeline] = {}  # model name -> its pipeline
+        self._owner = 0  # the process the loop, the cache and the stream pools belong to
+        self._lock = threading.Lock()
 
     def run(self, job_id: str, chunk: int) -> ChunkOutcome:
         """Run one chunk; skipped when the job was cancelled, finished or expired."""
@@ -99,7 +102,7 @@ class ChunkRunner:
         texts = self.store.chunk_texts(job_id, chunk, job["chunk_size"])
         if not texts:  # the job ended meanwhile (its texts are freed when it ends)
             return ChunkOutcome(job_id, chunk, 0, 0, skipped=True)
-        ranked, cached = self._loop.run(self._predict(bundle, texts, f"{job_id}:{chunk}"))
+        ranked, cached = self._on_loop(self._predict(bundle, texts, f"{job_id}:{chunk}"))
         base = chunk * job["chunk_size"]
         results = {base + i: ranked_body(r) for i, r in enumerate(ranked)}
         written = self.write(job_id, chunk, results, job["chunks"])
@@ -139,13 +142,23 @@ class ChunkRunner:
             await self._cache.flush()
         return [a.scores for a in answers], sum(a.cached for a in answers)
 
+    def _on_loop(self, coro: Coroutine[object, object, T]) -> T:
+        """Run `coro` on the worker's loop from any thread (Celery's solo or threads pool).
+        A process forked after the loop started (prefork) starts its own loop, cache pool
+        and stream threads: threads do not survive a fork, and a pool is its process's."""
+        with self._lock:
+            if self._loop is None or self._owner != os.getpid():
+                self._loop, self._owner = asyncio.new_event_loop(), os.getpid()
+                threading.Thread(target=_serve, args=(self._loop,), name="chunk-loop",
+                                 daemon=True).start()
+                tier = RedisTier.from_settings(self.settings, self.metrics)
+                self._cache = PredictionCache(0, tier, self.metrics) if tier else None
+                self._pipelines, self._pools = {}, {}
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
     def _pipeline(self, bundle: ModelBundle) -> CachedPipeline:
-        """This model's pipeline. Called on the worker's loop, which its cache's pool is
-        bound to: a forked child (prefork) makes its own, as it runs its own loop."""
-        if self._owner != os.getpid():
-            tier = RedisTier.from_settings(self.settings, self.metrics)
-            self._cache = PredictionCache(0, tier, self.metrics) if tier else None
-            self._pipelines, self._pools, self._owner = {}, {}, os.getpid()
+        """This model's pipeline (its misses: `_predict_parallel`, off the loop)."""
         pipeline = self._pipelines.get(bundle.name)
         if pipeline is None or pipeline.bundle is not bundle:
 
@@ -159,10 +172,12 @@ class ChunkRunner:
         return pipeline
 
     def close(self) -> None:
-        """Flush and close the cache's pool, then stop the loop (tests, shutdown)."""
-        if self._cache is not None and self._owner == os.getpid():
-            self._loop.run(self._cache.close())
-        self._loop.stop()
+        """Flush and close the cache pool, then stop the loop (tests, shutdown)."""
+        if self._loop is not None and self._owner == os.getpid():
+            if self._cache is not None:
+                self._on_loop(self._cache.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop = None
 
     def _predict_parallel(self, bundle: ModelBundle, texts: list[str]) -> list[Ranked]:
         """The chunk sorted as a whole and cut into passes by the engine's rule, the passes
@@ -179,38 +194,6 @@ class ChunkRunner:
             pool = self._pools[bundle.name] = ThreadPoolExecutor(
                 workers, thread_name_prefix=f"model-{bundle.name}")
         return pool
-
-
-class WorkerLoop:
-    """One event loop per worker process, on its own thread, for the chunks' async work
-    (the cache's Redis pool lives on it for the worker's life; a pool per chunk would
-    reconnect per chunk). Any thread may run a coroutine on it (Celery's solo or threads
-    pools); a process forked after it started (prefork) starts its own, as threads do not
-    survive a fork."""
-
-    def __init__(self) -> None:
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._pid = 0
-        self._lock = threading.Lock()
-
-    def run(self, coro: Coroutine[object, object, T]) -> T:
-        """Run `coro` on the loop and wait for its result."""
-        return asyncio.run_coroutine_threadsafe(coro, self._started()).result()
-
-    def stop(self) -> None:
-        """Stop the loop's thread (a later `run` starts another)."""
-        with self._lock:
-            if self._loop is not None and self._pid == os.getpid():
-                self._loop.call_soon_threadsafe(self._loop.stop)
-            self._loop = None
-
-    def _started(self) -> asyncio.AbstractEventLoop:
-        with self._lock:
-            if self._loop is None or self._pid != os.getpid():
-                self._loop, self._pid = asyncio.new_event_loop(), os.getpid()
-                threading.Thread(target=_serve, args=(self._loop,), name="chunk-loop",
-                                 daemon=True).start()
-            return self._loop
 
 
 def _serve(loop: asyncio.AbstractEventLoop) -> None:
