@@ -193,3 +193,16 @@ async def test_a_well_formed_request_never_reaches_fastapi() -> None:
     # The guard runs before the model (401/429 before 503), as the route's dependencies do.
     assert await _call(FastPredictRoute([_open, _deny]), inner, b'{"text": "ok"}') == 401
     assert inner.bodies == []
+
+
+def test_a_dependency_added_to_the_route_is_not_silently_skipped() -> None:
+    """The fast route runs the guards the predict routes are included with (one list in
+    online/app.py) and stands in for the route's own dependencies: the JSON check (it only
+    matches JSON) and the runtime (it reads the app's). A dependency added to the route
+    fails this test until the fast route does its work too."""
+    from fastapi.routing import APIRoute
+
+    from online.routes import require_json, router, runtime
+
+    route = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/v1/predict")
+    assert [d.call for d in route.dependant.dependencies] == [require_json, runtime]
