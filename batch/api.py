@@ -161,9 +161,8 @@ async def job_results(request: Request, job_id: str, jobs: Jobs,
     """A page of `{index, id, label, score, scores}` (`id`: the item's, or null);
     `Accept: application/x-ndjson` streams all."""
     if NDJSON in request.headers.get("accept", ""):
-        job = await jobs.get(job_id, principal(request))
-        lines: Iterator[bytes] = (json.dumps(r).encode() + b"\n"
-                                  for r in jobs.store.iter_results(job_id, job["total"]))
+        results = await jobs.result_stream(job_id, principal(request))
+        lines: Iterator[bytes] = (json.dumps(r).encode() + b"\n" for r in results)
         return StreamingResponse(lines, media_type=NDJSON)
     job, page = await jobs.results(job_id, offset, limit, principal(request))
     following = offset + limit

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
@@ -21,7 +23,8 @@ from common.bundle import ModelBundle, Ranked, serving_batching
 from common.cache import PredictionCache, RedisTier
 from common.metrics import WorkerMetrics
 from common.models import ModelSet
-from common.payload import SOURCE_JOBS, Answered, PayloadLogger
+from common.payload import SOURCE_JOBS, PayloadLogger
+from common.pipeline import CachedPipeline
 from common.schemas import ranked_body
 from common.settings import Settings
 
@@ -54,6 +57,13 @@ class ChunkRunner:
         self._pools: dict[str, ThreadPoolExecutor] = {}  # model name -> its streams
         self.payload = PayloadLogger.from_settings(settings, self.metrics.payload_events,
                                                    source=SOURCE_JOBS, pack=False)
+        # One event loop per worker process, on its own thread, for the chunks' async steps,
+        # and on it one cache pool for the worker's life (not a loop and a pool per chunk).
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._cache: PredictionCache | None = None
+        self._pipelines: dict[str, CachedPipeline] = {}  # model name -> its pipeline
+        self._owner = 0  # the process the loop, the cache and the stream pools belong to
+        self._lock = threading.Lock()
 
     def run(self, job_id: str, chunk: int) -> ChunkOutcome:
         """Run one chunk; skipped when the job was cancelled, finished or expired."""
@@ -92,7 +102,7 @@ class ChunkRunner:
         texts = self.store.chunk_texts(job_id, chunk, job["chunk_size"])
         if not texts:  # the job ended meanwhile (its texts are freed when it ends)
             return ChunkOutcome(job_id, chunk, 0, 0, skipped=True)
-        ranked, cached = asyncio.run(self._predict(bundle, texts, f"{job_id}:{chunk}"))
+        ranked, cached = self._on_loop(self._predict(bundle, texts, f"{job_id}:{chunk}"))
         base = chunk * job["chunk_size"]
         results = {base + i: ranked_body(r) for i, r in enumerate(ranked)}
         written = self.write(job_id, chunk, results, job["chunks"])
@@ -125,26 +135,49 @@ class ChunkRunner:
 
     async def _predict(self, bundle: ModelBundle, texts: list[str], request_id: str,
                        ) -> tuple[list[Ranked], int]:
-        started = time.perf_counter()
-        cache = self._cache()
-        try:
-            keyed = [bundle.keyed(t) for t in texts]
-            keys = [key for _, key in keyed]
-            found = await cache.lookup(list(dict.fromkeys(keys))) if cache else {}
-            misses = {key: text for text, key in keyed if key not in found}
-            computed = await asyncio.to_thread(self._predict_parallel, bundle,
-                                               list(misses.values()))
-            fresh = dict(zip(misses, computed, strict=True))
-            if cache is not None:
-                cache.store(fresh)  # online traffic benefits from batch work
-                await cache.flush()
-            answers = [Answered(found.get(k) or fresh[k], k in found) for k in keys]
-            if self.payload is not None:  # one event per chunk
-                self.payload.log(bundle, texts, keys, answers, started, request_id)
-            return [a.scores for a in answers], sum(a.cached for a in answers)
-        finally:
-            if cache is not None:
-                await cache.close()
+        """The chunk through the cached-prediction pipeline (one payload event per chunk);
+        its results are in the cache before the chunk's write."""
+        answers = await self._pipeline(bundle).run(texts, request_id)
+        if self._cache is not None:
+            await self._cache.flush()
+        return [a.scores for a in answers], sum(a.cached for a in answers)
+
+    def _on_loop(self, coro: Coroutine[object, object, T]) -> T:
+        """Run `coro` on the worker's loop from any thread (Celery's solo or threads pool).
+        A process forked after the loop started (prefork) starts its own loop, cache pool
+        and stream threads: threads do not survive a fork, and a pool is its process's."""
+        with self._lock:
+            if self._loop is None or self._owner != os.getpid():
+                self._loop, self._owner = asyncio.new_event_loop(), os.getpid()
+                threading.Thread(target=_serve, args=(self._loop,), name="chunk-loop",
+                                 daemon=True).start()
+                tier = RedisTier.from_settings(self.settings, self.metrics)
+                self._cache = PredictionCache(0, tier, self.metrics) if tier else None
+                self._pipelines, self._pools = {}, {}
+            loop = self._loop
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def _pipeline(self, bundle: ModelBundle) -> CachedPipeline:
+        """This model's pipeline (its misses: `_predict_parallel`, off the loop)."""
+        pipeline = self._pipelines.get(bundle.name)
+        if pipeline is None or pipeline.bundle is not bundle:
+
+            async def compute(misses: dict[str, str]) -> dict[str, Ranked]:
+                ranked = await asyncio.to_thread(self._predict_parallel, bundle,
+                                                 list(misses.values()))
+                return dict(zip(misses, ranked, strict=True))
+
+            pipeline = self._pipelines[bundle.name] = CachedPipeline(
+                bundle, self._cache, compute, payload=self.payload)
+        return pipeline
+
+    def close(self) -> None:
+        """Flush and close the cache pool, then stop the loop (tests, shutdown)."""
+        if self._loop is not None and self._owner == os.getpid():
+            if self._cache is not None:
+                self._on_loop(self._cache.close())
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        self._loop = None
 
     def _predict_parallel(self, bundle: ModelBundle, texts: list[str]) -> list[Ranked]:
         """The chunk sorted as a whole and cut into passes by the engine's rule, the passes
@@ -162,10 +195,13 @@ class ChunkRunner:
                 workers, thread_name_prefix=f"model-{bundle.name}")
         return pool
 
-    def _cache(self) -> PredictionCache | None:
-        tier = RedisTier.from_settings(self.settings, self.metrics)
-        return PredictionCache(0, tier, self.metrics) if tier is not None else None
 
+def _serve(loop: asyncio.AbstractEventLoop) -> None:
+    asyncio.set_event_loop(loop)
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 def _timestamp(iso: str) -> float:

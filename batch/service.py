@@ -6,7 +6,7 @@ import asyncio
 import functools
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import redis
@@ -18,17 +18,15 @@ from batch.events import type_label
 from batch.items import ItemIds, ids_bytes
 from batch.store import JobStore, is_out_of_memory
 from common.errors import (
-    InvalidInput,
     JobsFull,
     JobsUnavailable,
     ListingNeedsKey,
     NotFound,
-    TooManyItems,
     UnknownModelInput,
 )
 from common.metrics import Metrics
 from common.settings import Settings
-from common.textnorm import check_text, is_text
+from common.textnorm import check_texts, is_text
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -74,14 +72,8 @@ class JobService:
 
     def validate(self, texts: list[str]) -> None:
         """Clear errors before anything is stored or enqueued."""
-        s = self.settings
-        if not texts:
-            raise InvalidInput("a job needs at least one text")
-        if len(texts) > s.job_max_items:
-            raise TooManyItems(f"at most {s.job_max_items} texts per job",
-                               {"max_items": s.job_max_items, "got": len(texts)})
-        for index, text in enumerate(texts):
-            check_text(text, max_chars=s.max_text_chars, index=index)
+        check_texts(texts, max_chars=self.settings.max_text_chars,
+                    max_items=self.settings.job_max_items, unit="job")
 
     def check_model(self, model: str | None) -> None:
         """A named model must be one this deployment serves (when the names are known here:
@@ -179,6 +171,13 @@ class JobService:
         """The job and one page of its results."""
         job = await self.get(job_id, principal)
         return job, await self._call(self.store.results, job_id, offset, limit)
+
+    async def result_stream(self, job_id: str, principal: str | None = None,
+                            ) -> Iterator[dict[str, Any]]:
+        """All of a job's results in order, read page by page as they are consumed (by a
+        thread: the pages are blocking store reads)."""
+        job = await self.get(job_id, principal)
+        return self.store.iter_results(job_id, job["total"])
 
     async def cancel(self, job_id: str, principal: str | None = None) -> dict[str, Any]:
         """Cancel; chunks not yet run are skipped."""

@@ -75,7 +75,7 @@ class Answer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class Answered:
-    """An Answer for callers without a Prediction (the chunk runner)."""
+    """The smallest Answer (common/pipeline.Prediction is what the pipeline logs)."""
 
     scores: Ranked
     cached: bool

@@ -16,6 +16,12 @@ def media_type(content_type: str | None) -> str:
     return (content_type or "").split(";")[0].strip().lower()
 
 
+def is_json(content_type: str | None) -> bool:
+    """Whether a Content-Type declares JSON (`application/json`, `application/*+json`)."""
+    ctype = media_type(content_type)
+    return ctype == "application/json" or ctype.endswith("+json")
+
+
 def ranked_body(ranked: list[tuple[str, float]]) -> dict[str, Any]:
     """`{label, score, scores}` for one ranked prediction: the shape every API returns."""
     return {"label": ranked[0][0], "score": ranked[0][1],

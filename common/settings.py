@@ -31,8 +31,9 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool = True
     access_log: bool = True
-    # Serve well-formed POST /v1/predict requests without FastAPI's routing and dependency
-    # machinery (online/fastpath.py); everything else, errors included, goes through FastAPI.
+    # Serve well-formed POST /v1/predict requests by a plain route first in the router, without
+    # FastAPI's dependency machinery (online/fastpath.py); everything else, errors included,
+    # goes through the FastAPI route.
     fast_path: bool = True
 
     # Model. Unset model_dir means the default bundle built by `surgeserve model build`.

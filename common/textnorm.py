@@ -7,7 +7,7 @@ import re
 import unicodedata
 from typing import Any
 
-from common.errors import EmptyText, InvalidText, TextTooLong
+from common.errors import EmptyText, InvalidInput, InvalidText, TextTooLong, TooManyItems
 
 _WHITESPACE = re.compile(r"\s+")
 # Lone UTF-16 surrogates: JSON can carry them as \uXXXX escapes, but they are not Unicode
@@ -29,6 +29,21 @@ def check_text(text: str, *, max_chars: int, index: int | None = None) -> None:
                           where | {"position": bad.start()})
     if not text or text.isspace():
         raise EmptyText("text is empty or only whitespace", where or None)
+
+
+def check_texts(texts: list[str], *, max_chars: int, max_items: int | None = None,
+                unit: str = "request", indexed: bool = True) -> None:
+    """The one input validation of a list of texts (online predictions, OIP, jobs,
+    CloudEvents): 1..`max_items` texts (None: any number; a job needs at least one), each
+    passing `check_text` (errors name the text's index when `indexed`)."""
+    if max_items is not None:
+        if not texts:
+            raise InvalidInput(f"a {unit} needs at least one text")
+        if len(texts) > max_items:
+            raise TooManyItems(f"at most {max_items} texts per {unit}",
+                               {"max_items": max_items, "got": len(texts)})
+    for index, text in enumerate(texts):
+        check_text(text, max_chars=max_chars, index=index if indexed else None)
 
 
 def is_text(value: str) -> bool:

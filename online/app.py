@@ -12,6 +12,7 @@ from fastapi import Depends, FastAPI, Request, Response
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect
 
 from common.bundle import ModelBundle
@@ -19,7 +20,7 @@ from common.errors import ProtocolError, SurgeError, error_body
 from common.metrics import Metrics
 from common.schemas import ErrorResponse
 from common.settings import Settings
-from online.fastpath import FastPredict
+from online.fastpath import FastPredictRoute
 from online.middleware import CLIENT_GONE, BodyLimitMiddleware, ObservabilityMiddleware
 from online.routes import ops_router, router
 from online.runtime import Runtime
@@ -55,8 +56,18 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
         await rt.stop()
         await app.state.security.close()
 
+    # Outermost first: the request id, metrics and access log see every answer, the 413s
+    # and 503s of the body limit included.
+    middleware = [
+        Middleware(ObservabilityMiddleware, metrics=rt.metrics,
+                   log_requests=settings.access_log, draining=lambda: rt.draining),
+        Middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
+                   large={"/v1/jobs": settings.job_max_bytes, "/events": settings.job_max_bytes},
+                   big_bytes=settings.large_body_bytes, big_slots=settings.large_body_concurrency,
+                   retry_after_s=settings.retry_after_s)]
     app = FastAPI(title="surgeserve", version="0.1.0", lifespan=lifespan,
-                  description="Cached, micro-batched text classification.")
+                  description="Cached, micro-batched text classification.",
+                  middleware=middleware)
     app.state.runtime = rt
     app.state.security = Security.from_settings(settings)
     app.include_router(ops_router)  # health, readiness, metrics: always open
@@ -64,10 +75,13 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
         from online.oip import router as oip_router
         from online.playground import router as playground_router
 
-        predict_guard = [Depends(guard("predict"))]
+        checks = [guard("predict")]  # the predict routes' dependencies, the fast route's too
+        predict_guard = [Depends(check) for check in checks]
         app.include_router(router, dependencies=predict_guard, responses=GUARDED)
         app.include_router(oip_router, dependencies=predict_guard, responses=GUARDED)
         app.include_router(playground_router)
+        if settings.fast_path:  # first: most traffic, and the route matched soonest
+            app.router.routes.insert(0, FastPredictRoute(checks))
     if settings.redis_url:
         from batch.api import events_router
         from batch.api import router as jobs_router
@@ -77,16 +91,6 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
         app.include_router(events_router, dependencies=[Depends(guard("events"))],
                            responses=GUARDED)
     _install_error_handlers(app)
-    if settings.role != "jobs" and settings.fast_path:
-        app.add_middleware(FastPredict, guard=guard("predict"), respond_error=_error_response)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes,
-                       large={"/v1/jobs": settings.job_max_bytes,
-                              "/events": settings.job_max_bytes},
-                       big_bytes=settings.large_body_bytes,
-                       big_slots=settings.large_body_concurrency,
-                       retry_after_s=settings.retry_after_s)
-    app.add_middleware(ObservabilityMiddleware, metrics=rt.metrics,
-                       log_requests=settings.access_log, draining=lambda: rt.draining)
     return app
 
 
@@ -100,8 +104,7 @@ def _job_service(settings: Settings, metrics: Metrics) -> Any:
 
 
 def _error_response(error: SurgeError) -> JSONResponse:
-    """A SurgeError as its response; a 5xx is logged with its cause (for FastAPI's handler
-    and the fast path alike)."""
+    """A SurgeError as its response; a 5xx is logged with its cause."""
     if error.status >= 500:
         log.warning("%s: %s", error.code, error.message, exc_info=error.__cause__)
     return JSONResponse(error.body(), status_code=error.status, headers=error.headers() or None)

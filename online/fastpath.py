@@ -1,73 +1,73 @@
-"""`POST /v1/predict` without the framework's per-request machinery.
+"""`POST /v1/predict`'s well-formed requests, first in the app's one router.
 
 That route is most of the traffic and, answered from the cache, almost no work: measured on
-these machines a cache hit spent ~0.44 ms in the app, more than half of it in FastAPI's routing
-and dependency resolution (docs/benchmarks.md). This ASGI layer answers the ordinary case of
-that one route itself, with the functions the FastAPI route uses (access guard, service,
-response, error response), and hands everything else to FastAPI untouched: a content type that
-is not JSON, a body that is not JSON or does not match the schema (a client gone mid-body gets
-no answer). So every input error still comes from one place with one shape, and the OpenAPI
-document still describes the route. `SURGE_FAST_PATH=false` turns it off.
+these machines a cache hit spent ~0.44 ms in the app, more than half of it in FastAPI's
+dependency resolution and body handling (docs/benchmarks.md). So a plain Starlette route,
+placed first in the app's router (every middleware and exception handler applies as to any
+route), takes a JSON-typed POST whose body is a valid `PredictRequest`: it runs the predict
+routes' access dependencies (the same list the FastAPI routes are included with) and the
+route's own reply. Any other body is routed again as if this route were absent, so the FastAPI
+route gives its usual answer (every input error from one place, with one shape), and the
+OpenAPI document still describes that route. `SURGE_FAST_PATH=false` leaves it out.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 from starlette.requests import Request
-from starlette.responses import Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.routing import Match, Route
+from starlette.types import Receive, Scope, Send
 
-from common.errors import SurgeError
-from common.schemas import PredictRequest, media_type
+from common.schemas import PredictRequest, is_json
 from online.middleware import replay_body
-from online.routes import predict_reply, router
+from online.routes import predict_reply
 
 PATH = "/v1/predict"
+_DECLINED = "surge.fast_path.declined"  # scope key: this request is FastAPI's route's
 
 
-class FastPredict:
-    """Serve well-formed `POST /v1/predict` requests directly; pass the rest to `app`."""
+class FastPredictRoute(Route):
+    """The fast route for `POST /v1/predict`; `checks` are the predict routes' access
+    dependencies, run in their order before the model (as FastAPI runs them)."""
 
-    def __init__(self, app: ASGIApp, guard: Callable[[Request], Awaitable[None]],
-                 respond_error: Callable[[SurgeError], Response]):
-        self.app = app
-        self.guard = guard
-        self.respond_error = respond_error
-        # Metrics and access logs label requests by the route's path template, as FastAPI's
-        # routing would have left it in the scope.
-        self.route = next(r for r in router.routes if getattr(r, "path", None) == PATH)
+    def __init__(self, checks: Sequence[Callable[[Request], Awaitable[None]]]):
+        super().__init__(PATH, self._serve, methods=["POST"], include_in_schema=False)
+        self.app = self._serve  # a bare ASGI app: no Request/Response wrapping per call
+        self.checks = tuple(checks)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["path"] != PATH or scope["method"] != "POST"
-                or not _is_json(scope)):
-            await self.app(scope, receive, send)
-            return
+    def matches(self, scope: Scope) -> tuple[Match, Scope]:
+        """Only JSON-typed POSTs; the rest (405s, 415s) are the FastAPI route's."""
+        if (scope["type"] != "http" or scope["method"] != "POST" or _DECLINED in scope
+                or not is_json(_content_type(scope))):
+            return Match.NONE, {}
+        match, child = super().matches(scope)
+        # the route's template labels metrics and access logs (FastAPI's routes do the same)
+        return match, {**child, "route": self}
+
+    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
         body, complete = await _read(receive)
         if not complete:
             return  # the client went away mid-body: nobody to answer (counted as 499)
         replay = replay_body(body, receive)
         parsed = _parse(body)
-        if parsed is None:
-            await self.app(scope, replay, send)  # FastAPI gives the usual answer
+        if parsed is None:  # FastAPI's route says why, in its words
+            scope[_DECLINED] = True
+            await scope["router"](scope, replay, send)
             return
-        scope["route"] = self.route
-        try:
-            # The same order as the route's dependencies: access first, then the model.
-            await self.guard(Request(scope, replay))
-            response = await predict_reply(scope["app"].state.runtime.require_service(), parsed)
-        except SurgeError as exc:
-            response = self.respond_error(exc)
+        request = Request(scope, replay)
+        for check in self.checks:
+            await check(request)
+        response = await predict_reply(scope["app"].state.runtime.require_service(), parsed)
         await response(scope, replay, send)
 
 
-def _is_json(scope: Scope) -> bool:
+def _content_type(scope: Scope) -> str | None:
     for key, value in scope["headers"]:
         if key == b"content-type":
-            ctype = media_type(value.decode("latin-1"))
-            return ctype == "application/json" or ctype.endswith("+json")
-    return False
+            return str(value.decode("latin-1"))
+    return None
 
 
 async def _read(receive: Receive) -> tuple[bytes, bool]:

@@ -19,6 +19,7 @@ from common.schemas import (
     PredictResponse,
     Readiness,
     error_docs,
+    is_json,
     media_type,
     ranked_body,
 )
@@ -35,10 +36,10 @@ async def runtime(request: Request) -> Runtime:
 
 async def require_json(request: Request) -> None:
     """415 unless the body is declared JSON."""
-    ctype = media_type(request.headers.get("content-type"))
-    if ctype != "application/json" and not ctype.endswith("+json"):
+    ctype = request.headers.get("content-type")
+    if not is_json(ctype):
         raise UnsupportedMediaType("send the body as application/json",
-                                   {"content_type": ctype or None})
+                                   {"content_type": media_type(ctype) or None})
 
 
 def _item(p: Prediction) -> dict[str, Any]:
@@ -86,7 +87,8 @@ async def bulk_predict_with(name: str, body: BulkPredictRequest, rt: RuntimeDep,
 
 
 async def predict_reply(service: PredictionService, body: PredictRequest) -> Response:
-    """One prediction as the response body (the route and online/fastpath.py share it)."""
+    """One prediction as the response body (the FastAPI route and its fast route in
+    online/fastpath.py share it)."""
     result = await service.predict(body.text)
     return JSONResponse(_item(result) | {"model": service.bundle.name,
                                          "version": service.bundle.version})

@@ -1,4 +1,5 @@
-"""PredictionService: normalise → key → LRU → Redis MGET → single-flight → micro-batcher.
+"""PredictionService: the cached-prediction pipeline (common/pipeline.py) with its misses
+single-flight through the micro-batcher.
 
 Transport-free: HTTP routes, CloudEvents and Celery tasks all call the same methods.
 """
@@ -12,21 +13,14 @@ from dataclasses import dataclass
 
 from common.bundle import ModelBundle, Ranked
 from common.cache import PredictionCache
-from common.errors import DeadlineExceeded, TooManyItems
+from common.errors import DeadlineExceeded
 from common.metrics import Metrics
 from common.payload import PayloadLogger
-from common.textnorm import check_text
+from common.pipeline import CachedPipeline, Prediction
+from common.textnorm import check_texts
 from online.batcher import MicroBatcher
 
-
-@dataclass(frozen=True)
-class Prediction:
-    """One answer: the top label and every label's score, highest first."""
-
-    label: str
-    score: float
-    scores: Ranked
-    cached: bool
+__all__ = ["Limits", "Prediction", "PredictionService"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +41,8 @@ class PredictionService:
         self.cache = cache
         self.metrics = metrics
         self.limits = limits
-        self.payload = payload  # prediction events (SURGE_PAYLOAD_SINK), None when off
+        self.pipeline = CachedPipeline(bundle, cache, self._compute, writes_back=False,
+                                       predictions=metrics.predictions, payload=payload)
         self._inflight: dict[str, asyncio.Future[Ranked]] = {}
         self._to_write: dict[str, Ranked] = {}
 
@@ -57,38 +52,13 @@ class PredictionService:
 
     async def predict_many(self, texts: list[str], *, bulk: bool = True) -> list[Prediction]:
         """Predict many texts, order kept; duplicates are computed once."""
-        if bulk and len(texts) > self.limits.bulk_max_items:
-            raise TooManyItems(f"at most {self.limits.bulk_max_items} texts per request",
-                               {"max_items": self.limits.bulk_max_items, "got": len(texts)})
-        started = time.perf_counter()
-        keys, by_key = self._keys(texts, bulk=bulk)
-        found = await self.cache.lookup(list(by_key)) if self.cache is not None else {}
-        computed = await self._compute({k: t for k, t in by_key.items() if k not in found})
-        out = []
-        for key in keys:
-            cached = key in found
-            ranked = found[key] if cached else computed[key]
-            out.append(Prediction(ranked[0][0], ranked[0][1], ranked, cached))
-            self.metrics.predictions.labels(self.bundle.name, ranked[0][0]).inc()
-        if self.payload is not None:
-            self.payload.log(self.bundle, texts, keys, out, started)
-        return out
-
-    def _keys(self, texts: list[str], *, bulk: bool) -> tuple[list[str], dict[str, str]]:
-        """Validate and normalise; returns each text's key and the distinct keys' texts."""
-        keys: list[str] = []
-        by_key: dict[str, str] = {}
-        for index, raw in enumerate(texts):
-            check_text(raw, max_chars=self.limits.max_text_chars,
-                       index=index if bulk else None)
-            text, key = self.bundle.keyed(raw)
-            keys.append(key)
-            by_key.setdefault(key, text)
-        return keys, by_key
+        check_texts(texts, max_chars=self.limits.max_text_chars,
+                    max_items=self.limits.bulk_max_items if bulk else None, indexed=bulk)
+        return await self.pipeline.run(texts)
 
     async def _compute(self, misses: dict[str, str]) -> dict[str, Ranked]:
-        if not misses:
-            return {}
+        """The misses through the micro-batcher; a text already being computed for another
+        request is waited for, not computed again."""
         deadline = time.monotonic() + self.limits.request_timeout_s
         new = sum(1 for key in misses if key not in self._inflight)
         self.batcher.admit(new)  # all or nothing: a request is refused before it queues

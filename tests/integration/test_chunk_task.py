@@ -6,6 +6,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+import redis
 
 import batch.celery_app as celery_app
 from batch.runner import ChunkRunner
@@ -50,3 +51,53 @@ def test_a_failing_chunk_fails_the_job_once(tmp_path: Path,
         assert celery_app.run_chunk(task, job["id"], 1)["skipped"] is True
     finally:
         server.stop()
+
+
+class CountingBackend:
+    """A working engine: the first label wins; counts the texts it computed."""
+
+    kind = "counting"
+    precision = "fp32"
+    streams = 1
+
+    def __init__(self) -> None:
+        self.computed = 0
+
+    def encode(self, texts: list[str]) -> list[list[int]]:
+        self.computed += len(texts)
+        return [[1] * min(8, len(t)) for t in texts]
+
+    def logits(self, batch_ids: list[list[int]]):  # type: ignore[no-untyped-def]
+        import numpy as np
+
+        return np.array([[2.0, 0.0] for _ in batch_ids], dtype=np.float32)
+
+
+def test_chunks_share_one_loop_and_one_cache_pool_per_worker(tmp_path: Path) -> None:
+    """A worker's chunks run on one event loop with one cache connection pool (not a loop
+    and a pool per chunk, which reconnected to the cache Redis for every chunk), and go
+    through the cached pipeline: texts cached by one chunk are not computed again."""
+    jobs = RedisServer("jobs", tmp_path / "jobs").start()
+    cache = RedisServer("cache", tmp_path / "cache").start()
+    try:
+        settings = Settings(redis_url=jobs.url, cache_url=cache.url, k_sink=None)
+        store = JobStore.from_url(jobs.url, ttl_s=600)
+        engine = CountingBackend()
+        bundle = ModelBundle(name="counting", version="0", labels=["A", "B"], lowercase=False,
+                             max_tokens=8, path=tmp_path, manifest={}, engine=engine)
+        runner = ChunkRunner(bundle, store, settings)
+        texts = [f"text {i}" for i in range(8)]
+        job, _ = store.create(texts * 3, chunk_size=8, model="counting", version="0")
+        cache_client = redis.Redis.from_url(cache.url)
+        outcomes = [runner.run(job["id"], 0)]
+        connections = cache_client.info("stats")["total_connections_received"]
+        outcomes += [runner.run(job["id"], chunk) for chunk in (1, 2)]
+        assert cache_client.info("stats")["total_connections_received"] == connections
+        assert [(o.computed, o.cached) for o in outcomes] == [(8, 0), (0, 8), (0, 8)]
+        assert engine.computed == 8 and outcomes[-1].finished_job
+        assert store.get(job["id"])["status"] == "succeeded"
+        runner.close()
+        cache_client.close()
+    finally:
+        cache.stop()
+        jobs.stop()

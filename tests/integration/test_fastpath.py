@@ -1,5 +1,6 @@
-"""online/fastpath.py: POST /v1/predict answered without FastAPI's routing must answer exactly
-as the FastAPI route does, and must leave every request it does not fully understand to it."""
+"""online/fastpath.py: POST /v1/predict answered by the fast route (first in the app's router)
+must answer exactly as the FastAPI route does, and must leave every request it does not fully
+understand to it."""
 
 from __future__ import annotations
 
@@ -9,11 +10,11 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.routing import Match
 
 from common.auth import hash_key
-from common.errors import NotReady, Unauthorized
-from online.app import _error_response
-from online.fastpath import FastPredict
+from common.errors import NotReady, SurgeError, Unauthorized
+from online.fastpath import FastPredictRoute
 from tests.integration.test_api import metric
 
 KEY = "sk_fastpath_0123456789"
@@ -72,8 +73,8 @@ def _answers(app: Any, live_server: Any, cases: list[tuple[str, dict[str, Any]]]
 def test_fast_path_answers_exactly_as_the_fastapi_route(make_app, live_server) -> None:
     fast_app, slow_app = make_app(max_text_chars=100), make_app(max_text_chars=100,
                                                                 fast_path=False)
-    assert [m.cls for m in fast_app.user_middleware].count(FastPredict) == 1
-    assert FastPredict not in [m.cls for m in slow_app.user_middleware]
+    assert isinstance(fast_app.router.routes[0], FastPredictRoute)
+    assert not any(isinstance(r, FastPredictRoute) for r in slow_app.router.routes)
     fast = _answers(fast_app, live_server, CASES)
     slow = _answers(slow_app, live_server, CASES)
     for (name, _), got, want in zip(CASES, fast, slow, strict=True):
@@ -130,12 +131,15 @@ class _Recorder:
         await send({"type": "http.response.body", "body": b""})
 
 
-async def _call(layer: FastPredict, body: bytes, ctype: bytes = b"application/json",
-                path: str = "/v1/predict") -> int:
+async def _call(route: FastPredictRoute, inner: _Recorder, body: bytes,
+                ctype: bytes = b"application/json", path: str = "/v1/predict") -> int:
+    """The route as the app's router runs it: `inner` is the rest of the router (FastAPI's
+    routes), reached when the route does not match or declines the body."""
     runtime = SimpleNamespace(require_service=_not_ready)
     scope = {"type": "http", "method": "POST", "path": path, "headers": [(b"content-type", ctype)],
              "app": SimpleNamespace(state=SimpleNamespace(runtime=runtime,
-                                                          security=None)), "client": None}
+                                                          security=None)), "client": None,
+             "router": inner}
     chunks = [{"type": "http.request", "body": body[:3], "more_body": True},
               {"type": "http.request", "body": body[3:], "more_body": False}]
     sent: list[Any] = []
@@ -146,7 +150,14 @@ async def _call(layer: FastPredict, body: bytes, ctype: bytes = b"application/js
     async def send(message: Any) -> None:
         sent.append(message)
 
-    await layer(scope, receive, send)
+    match, child = route.matches(scope)
+    if match == Match.FULL:
+        try:
+            await route.handle(scope | child, receive, send)
+        except SurgeError as exc:  # the app's exception handler answers it
+            return exc.status
+    else:
+        await inner(scope, receive, send)
     return int(sent[0]["status"])
 
 
@@ -171,14 +182,27 @@ async def _deny(request: Any) -> None:
 async def test_what_the_fast_path_does_not_serve_reaches_fastapi_whole(
         body: bytes, ctype: bytes, path: str) -> None:
     inner = _Recorder()
-    assert await _call(FastPredict(inner, _open, _error_response), body, ctype, path) == 299
+    assert await _call(FastPredictRoute([_open]), inner, body, ctype, path) == 299
     assert inner.bodies == [body]  # the body read by the fast path is replayed intact
 
 
 async def test_a_well_formed_request_never_reaches_fastapi() -> None:
     inner = _Recorder()
-    status = await _call(FastPredict(inner, _open, _error_response), b'{"text": "ok"}')
+    status = await _call(FastPredictRoute([_open]), inner, b'{"text": "ok"}')
     assert status == 503 and inner.bodies == []  # answered by the service's own error
     # The guard runs before the model (401/429 before 503), as the route's dependencies do.
-    assert await _call(FastPredict(inner, _deny, _error_response), b'{"text": "ok"}') == 401
+    assert await _call(FastPredictRoute([_open, _deny]), inner, b'{"text": "ok"}') == 401
     assert inner.bodies == []
+
+
+def test_a_dependency_added_to_the_route_is_not_silently_skipped() -> None:
+    """The fast route runs the guards the predict routes are included with (one list in
+    online/app.py) and stands in for the route's own dependencies: the JSON check (it only
+    matches JSON) and the runtime (it reads the app's). A dependency added to the route
+    fails this test until the fast route does its work too."""
+    from fastapi.routing import APIRoute
+
+    from online.routes import require_json, router, runtime
+
+    route = next(r for r in router.routes if isinstance(r, APIRoute) and r.path == "/v1/predict")
+    assert [d.call for d in route.dependant.dependencies] == [require_json, runtime]
