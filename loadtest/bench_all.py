@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from common.corpus import snippets
-from loadtest.bench_online import server
+from loadtest.bench_online import NAIVE, server
 from loadtest.curve import Curve
 from loadtest.kpa import trace
 from loadtest.run import RunConfig, constant, run
@@ -48,7 +48,7 @@ def zipf_vs_naive(out: Path, seconds: float, rounds: int, users: int) -> dict[st
     server (one forward pass per request, no cache), interleaved; median of per-round ratios."""
     log = out / "bench-servers.log"
     rows = []
-    with server({}, log) as svc, server({}, log, command="serve-naive") as naive:
+    with server({}, log) as svc, server({}, log, command=NAIVE) as naive:
         for number in range(rounds):
             row = {}
             for name, url in (("service", svc.url), ("naive", naive.url)):
@@ -112,7 +112,7 @@ def _online_rows(online: dict[str, Any], zipf: dict[str, Any]) -> list[Row]:
         *[(f"raw {label}, sorted / arrival order (texts/s)",
            f"{row.get('sorted')} / {row.get('arrival')}", "",
            f"guard: {row.get('guard', row.get('error'))}; accuracy {row.get('accuracy')}",
-           "surgeserve model bench --candidates")
+           "python -m loadtest.rawbench --candidates")
           for label, row in online["engines"]["candidates"].items()],
         ("miss path / best raw (cache off, 32 clients, 2,000 distinct texts)",
          f"{online['ratios']['service_over_best_raw']:.3f}", ">= 0.75",

