@@ -23,9 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from common.corpus import snippets
-from loadtest.bench_online import NAIVE, server
 from loadtest.curve import Curve
 from loadtest.kpa import trace
+from loadtest.processes import NAIVE, server
 from loadtest.run import RunConfig, constant, run
 from loadtest.stats import summary
 from loadtest.sweep import LEVELS, sweep

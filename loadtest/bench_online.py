@@ -30,77 +30,17 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from common.corpus import snippets
-from common.redis_server import RedisServer, free_port
+from common.redis_server import RedisServer
 from loadtest.client import Connection
 from loadtest.k6run import k6_binary, k6_closed
+from loadtest.processes import NAIVE, server
 from loadtest.report import markdown_table, write_report
 from loadtest.stats import latency_ms
-
-SERVE = ("online.cli", "serve")  # `python -m` these: the service
-NAIVE = ("loadtest.naive",)  # the naive baseline (loadtest/naive.py)
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    cold_start_s: float
-
-    def rss_mb(self) -> float:
-        """Resident memory of the server process now."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-
-@contextmanager
-def server(env: dict[str, str], log: Path, command: tuple[str, ...] = SERVE,
-           probe: str = "/v1/predict") -> Iterator[Server]:
-    """A `surgeserve serve` process (or `python -m <command>`: NAIVE); cold start timed from
-    exec to the first 200 prediction."""
-    port = free_port()
-    full_env = os.environ | {"PORT": str(port), "SURGE_ACCESS_LOG": "false",
-                             "SURGE_LOG_LEVEL": "WARNING"} | env
-    started = time.perf_counter()
-    with log.open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", *command], env=full_env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        cold = asyncio.run(_first_ok(url, process, started, probe))
-        yield Server(url, process, cold)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-async def _first_ok(url: str, process: subprocess.Popen[bytes], started: float,
-                    probe: str) -> float:
-    conn = Connection(url)
-    while time.perf_counter() - started < 120:
-        if process.poll() is not None:
-            raise RuntimeError("server exited during startup; see the bench log")
-        try:
-            reply = await (conn.post_json(probe, {"text": "cold start probe"})
-                           if probe == "/v1/predict" else conn.get(probe))
-            if reply.status == 200:
-                await conn.close()
-                return time.perf_counter() - started
-        except OSError:
-            await conn.close()
-        await asyncio.sleep(0.01)
-    raise TimeoutError("no 200 within 120 s")
 
 
 async def closed_loop(url: str, texts: list[str], concurrency: int) -> dict[str, Any]:
