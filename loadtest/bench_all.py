@@ -26,6 +26,7 @@ from common.corpus import snippets
 from loadtest.curve import Curve
 from loadtest.kpa import trace
 from loadtest.processes import NAIVE, server
+from loadtest.report import COLUMNS, markdown_table, write_report
 from loadtest.run import RunConfig, constant, run
 from loadtest.stats import summary
 from loadtest.sweep import LEVELS, sweep
@@ -219,9 +220,8 @@ def _pct(value: float | None) -> str:
 
 
 def markdown(table: list[Row]) -> str:
-    """The report as a Markdown table."""
-    lines = ["| measure | value | goal | detail | reproduce |", "|---|---|---|---|---|"]
-    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} | `{e}` |" for a, b, c, d, e in table])
+    """The report as a Markdown table: the benchmarks' format, and the command as code."""
+    return markdown_table([(*row[:4], f"`{row[4]}`") for row in table], (*COLUMNS, "reproduce"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     print("== hardening: overload and soak", flush=True)
     results["hardening"] = _module(out, "bench_hardening", "--soak-minutes",
                                    str(args.soak_minutes))
-    table = markdown(rows(results))
-    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "report.md").write_text(table + "\n")
-    print("\n" + table)
+    write_report(out, "report", results, markdown(rows(results)))
     return 0
 
 
