@@ -29,7 +29,6 @@ import os
 import statistics
 import subprocess
 import sys
-import time
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
@@ -40,59 +39,7 @@ from loadtest.client import Connection
 from loadtest.k6run import k6_binary, k6_closed
 from loadtest.processes import NAIVE, server
 from loadtest.report import markdown_table, write_report
-from loadtest.stats import latency_ms
-
-
-async def closed_loop(url: str, texts: list[str], concurrency: int) -> dict[str, Any]:
-    """`concurrency` virtual users, each sending the next text as soon as it has an answer."""
-    queue = iter(texts)
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-
-    async def user() -> None:
-        conn = Connection(url)
-        for text in queue:
-            reply = await conn.post_json("/v1/predict", {"text": text})
-            latencies.append(reply.seconds)
-            statuses[reply.status] = statuses.get(reply.status, 0) + 1
-        await conn.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(user() for _ in range(concurrency)))
-    return _summary(latencies, statuses, time.perf_counter() - started)
-
-
-def _summary(latencies: list[float], statuses: dict[int, int], seconds: float) -> dict[str, Any]:
-    # Throughput counts answers (200): a shed request (503) is not served work.
-    return {"requests": len(latencies), "seconds": round(seconds, 3),
-            "rps": round(statuses.get(200, 0) / seconds, 1), "statuses": statuses,
-            **latency_ms(latencies)}
-
-
-async def paced(url: str, texts: list[str], concurrency: int, rate: float) -> dict[str, Any]:
-    """`concurrency` connections sharing `rate` requests/s on a fixed schedule (open loop per
-    connection): latency of the path itself, not of a saturated queue (Little's law)."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    interval = concurrency / rate
-    per_user = len(texts) // concurrency
-
-    async def user(offset: int) -> None:
-        conn = Connection(url)
-        start = time.perf_counter() + offset * interval / concurrency
-        for i in range(per_user):
-            delay = start + i * interval - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            reply = await conn.post_json("/v1/predict", {"text": texts[offset * per_user + i]})
-            latencies.append(reply.seconds)
-            statuses[reply.status] = statuses.get(reply.status, 0) + 1
-        await conn.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(user(k) for k in range(concurrency)))
-    return {"offered_rps": round(rate, 1)} | _summary(latencies, statuses,
-                                                       time.perf_counter() - started)
+from loadtest.run import closed_loop, paced
 
 
 async def server_buckets(url: str) -> dict[float, float]:

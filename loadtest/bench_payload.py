@@ -30,9 +30,9 @@ import httpx
 from common.corpus import snippets
 from common.metrics import PAYLOAD_OUTCOMES
 from common.redis_server import free_port
-from loadtest.bench_online import closed_loop
 from loadtest.processes import Server, launched, server, wait_ready
 from loadtest.report import markdown_table, write_report
+from loadtest.run import closed_loop
 
 
 @contextmanager
