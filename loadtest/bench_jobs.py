@@ -19,9 +19,8 @@ import httpx
 import redis
 
 from common.corpus import snippets
-from common.redis_server import RedisServer
 from loadtest.bench_online import raw_throughput
-from loadtest.processes import WORKER, launched, server
+from loadtest.processes import WORKER, launched, redis_server, server
 from loadtest.report import markdown_table, write_report
 
 
@@ -45,12 +44,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     texts = snippets(args.texts)
-    jobs = RedisServer("jobs", out / "redis-jobs").start()
-    cache = RedisServer("cache", out / "redis-cache").start()
-    env = {"SURGE_REDIS_URL": jobs.url, "SURGE_CACHE_URL": cache.url}
     # The corpus has 12,752 distinct snippets: a larger request uses them all.
     results: dict[str, Any] = {"texts": len(texts), "texts_requested": args.texts}
-    try:
+    with redis_server("jobs", out / "redis-jobs") as jobs, \
+            redis_server("cache", out / "redis-cache") as cache:
+        env = {"SURGE_REDIS_URL": jobs.url, "SURGE_CACHE_URL": cache.url}
         with launched(WORKER, env, out / "bench-jobs-worker.log"):
             print(f"raw model, before: {args.raw_texts} texts, every engine, sorted ...",
                   flush=True)
@@ -73,9 +71,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 results_bytes = int(store.memory_usage(f"surge:job:{job_id}:results") or 0)
             print(f"raw model, after: {args.raw_texts} texts ...", flush=True)
             raw_after = raw_throughput(args.raw_texts, 32, {}, "--sorted")["texts_per_s"]
-    finally:
-        jobs.stop()
-        cache.stop()
     raw = (raw_before + raw_after) / 2
     results |= {
         "status": job["status"], "done": job["done"], "seconds": round(seconds, 2),

@@ -34,10 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from common.corpus import snippets
-from common.redis_server import RedisServer
 from loadtest.client import Connection
 from loadtest.k6run import k6_binary, k6_closed
-from loadtest.processes import NAIVE, server
+from loadtest.processes import NAIVE, redis_server, server
 from loadtest.report import markdown_table, write_report
 from loadtest.run import closed_loop, paced
 
@@ -180,9 +179,8 @@ def _cache_hits(args: argparse.Namespace, texts: list[str], out_dir: Path, log: 
     path (SURGE_FAST_PATH=false), then paced at fractions of the saturated rate and at fixed
     rates (--hit-rps)."""
     out: dict[str, Any] = {}
-    cache_redis = RedisServer("cache", out_dir / "redis-cache").start()
-    env = base | {"SURGE_CACHE_URL": cache_redis.url}
-    try:
+    with redis_server("cache", out_dir / "redis-cache") as cache_redis:
+        env = base | {"SURGE_CACHE_URL": cache_redis.url}
         with server(env, log) as srv, server(env | {"SURGE_FAST_PATH": "false"}, log) as plain:
             hot = texts[: args.hot_texts]
             for warm in (srv, plain):
@@ -212,8 +210,6 @@ def _cache_hits(args: argparse.Namespace, texts: list[str], out_dir: Path, log: 
                                         rate))
                 run["server_p99_le_ms"] = p99_bound(before, asyncio.run(server_buckets(srv.url)))
                 out["cache_hit_paced"].append(run)
-    finally:
-        cache_redis.stop()
     return out
 
 

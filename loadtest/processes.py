@@ -13,13 +13,24 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from common.redis_server import free_port
+from common.redis_server import RedisServer, free_port
 from loadtest.client import Connection
 
 SERVE = ("online.cli", "serve")  # `python -m` these: the service
 NAIVE = ("loadtest.naive",)  # the naive baseline (loadtest/naive.py)
 WORKER = ("online.cli", "worker")  # a Celery worker for jobs
+
+
+@contextmanager
+def redis_server(role: Literal["cache", "jobs"], directory: Path) -> Iterator[RedisServer]:
+    """A Redis server for one role ("cache" or "jobs"), its files under `directory`."""
+    started = RedisServer(role, directory).start()
+    try:
+        yield started
+    finally:
+        started.stop()
 
 
 def rss_mb(pid: int) -> float:
