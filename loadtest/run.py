@@ -30,7 +30,8 @@ class Exhausted(Exception):
 
 
 class TextList:
-    """Each of a fixed list of texts, once, in order (shared by every connection)."""
+    """Each of a fixed list of texts, once, in order, shared by every connection (closed and
+    paced runs: the run ends when the list does)."""
 
     def __init__(self, texts: Sequence[str]):
         self._texts = iter(texts)
