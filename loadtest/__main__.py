@@ -35,7 +35,7 @@ def _target(args: argparse.Namespace) -> Iterator[tuple[str, float | None]]:
             raise SystemExit("give --url of a running service, or --start-server")
         yield args.url, None
         return
-    from loadtest.bench_online import server
+    from loadtest.processes import server
 
     env = dict(item.split("=", 1) for item in args.server_env)
     Path(args.out).mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,10 @@ from pathlib import Path
 from typing import Any
 
 from common.corpus import snippets
-from loadtest.bench_online import server
 from loadtest.curve import Curve
 from loadtest.kpa import trace
+from loadtest.processes import NAIVE, server
+from loadtest.report import COLUMNS, markdown_table, write_report
 from loadtest.run import RunConfig, constant, run
 from loadtest.stats import summary
 from loadtest.sweep import LEVELS, sweep
@@ -48,7 +49,7 @@ def zipf_vs_naive(out: Path, seconds: float, rounds: int, users: int) -> dict[st
     server (one forward pass per request, no cache), interleaved; median of per-round ratios."""
     log = out / "bench-servers.log"
     rows = []
-    with server({}, log) as svc, server({}, log, command="serve-naive") as naive:
+    with server({}, log) as svc, server({}, log, command=NAIVE) as naive:
         for number in range(rounds):
             row = {}
             for name, url in (("service", svc.url), ("naive", naive.url)):
@@ -112,7 +113,7 @@ def _online_rows(online: dict[str, Any], zipf: dict[str, Any]) -> list[Row]:
         *[(f"raw {label}, sorted / arrival order (texts/s)",
            f"{row.get('sorted')} / {row.get('arrival')}", "",
            f"guard: {row.get('guard', row.get('error'))}; accuracy {row.get('accuracy')}",
-           "surgeserve model bench --candidates")
+           "python -m loadtest.rawbench --candidates")
           for label, row in online["engines"]["candidates"].items()],
         ("miss path / best raw (cache off, 32 clients, 2,000 distinct texts)",
          f"{online['ratios']['service_over_best_raw']:.3f}", ">= 0.75",
@@ -219,9 +220,8 @@ def _pct(value: float | None) -> str:
 
 
 def markdown(table: list[Row]) -> str:
-    """The report as a Markdown table."""
-    lines = ["| measure | value | goal | detail | reproduce |", "|---|---|---|---|---|"]
-    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} | `{e}` |" for a, b, c, d, e in table])
+    """The report as a Markdown table: the benchmarks' format, and the command as code."""
+    return markdown_table([(*row[:4], f"`{row[4]}`") for row in table], (*COLUMNS, "reproduce"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -254,10 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     print("== hardening: overload and soak", flush=True)
     results["hardening"] = _module(out, "bench_hardening", "--soak-minutes",
                                    str(args.soak_minutes))
-    table = markdown(rows(results))
-    (out / "report.json").write_text(json.dumps(results, indent=2) + "\n")
-    (out / "report.md").write_text(table + "\n")
-    print("\n" + table)
+    write_report(out, "report", results, markdown(rows(results)))
     return 0
 
 

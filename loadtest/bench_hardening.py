@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
 import sys
 import threading
 import time
@@ -23,19 +21,10 @@ from typing import Any
 import httpx
 
 from common.corpus import snippets
-from common.redis_server import RedisServer
-from loadtest.bench_online import server
+from loadtest.processes import WORKER, launched, redis_server, rss_mb, server
 from loadtest.run import RunConfig, constant, run
 from loadtest.stats import latency_ms, per_second, percentile, summary
 from loadtest.traffic import HitRateTexts, ZipfTexts
-
-
-def rss_mb(pid: int) -> float:
-    """Resident set size of a process (Linux /proc)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def capacity(url: str, texts: Any, users: int = 16, seconds: float = 8) -> float:
@@ -70,16 +59,12 @@ def overload(out: Path, factor: float = 4, seconds: float = 30) -> dict[str, Any
 
 def soak(out: Path, minutes: float) -> dict[str, Any]:
     """Half of the Zipf capacity for `minutes`, a 300-text job every 30 s."""
-    cache = RedisServer("cache", out / "soak-cache").start()
-    jobs = RedisServer("jobs", out / "soak-jobs").start()
-    env = {"SURGE_CACHE_URL": cache.url, "SURGE_REDIS_URL": jobs.url}
-    log = (out / "bench-worker.log").open("ab")
-    worker = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"],
-                              env=os.environ | env | {"SURGE_WORKER_METRICS_PORT": "0",
-                                                      "SURGE_LOG_LEVEL": "WARNING"},
-                              stdout=log, stderr=subprocess.STDOUT)
-    try:
-        with server(env, out / "bench-servers.log") as srv:
+    with redis_server("cache", out / "soak-cache") as cache, \
+            redis_server("jobs", out / "soak-jobs") as jobs:
+        env = {"SURGE_CACHE_URL": cache.url, "SURGE_REDIS_URL": jobs.url}
+        worker_env = env | {"SURGE_WORKER_METRICS_PORT": "0", "SURGE_LOG_LEVEL": "WARNING"}
+        with launched(WORKER, worker_env, out / "bench-worker.log", stop_timeout=60) as worker, \
+                server(env, out / "bench-servers.log") as srv:
             texts = ZipfTexts(snippets(), 1.2, seed=11)
             cap = capacity(srv.url, texts, users=32, seconds=10)
             rate = cap / 2
@@ -105,12 +90,6 @@ def soak(out: Path, minutes: float) -> dict[str, Any]:
             stop.set()
             marks.update(api_end=rss_mb(srv.process.pid), worker_end=rss_mb(worker.pid))
             finished = _wait_jobs(srv.url, submitted)
-    finally:
-        worker.terminate()
-        worker.wait(timeout=60)
-        log.close()
-        cache.stop()
-        jobs.stop()
     samples = result_box[0].samples
     first = [s.latency for s in samples if s.start < 60 and s.status == 200]
     last = [s.latency for s in samples if s.start >= minutes * 60 - 60 and s.status == 200]

@@ -10,8 +10,6 @@
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,8 +19,8 @@ import httpx
 import redis
 
 from common.corpus import snippets
-from common.redis_server import RedisServer
-from loadtest.bench_online import raw_throughput, server
+from loadtest.bench_online import raw_throughput
+from loadtest.processes import WORKER, launched, redis_server, server
 from loadtest.report import markdown_table, write_report
 
 
@@ -46,42 +44,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     texts = snippets(args.texts)
-    jobs = RedisServer("jobs", out / "redis-jobs").start()
-    cache = RedisServer("cache", out / "redis-cache").start()
-    env = {"SURGE_REDIS_URL": jobs.url, "SURGE_CACHE_URL": cache.url}
     # The corpus has 12,752 distinct snippets: a larger request uses them all.
     results: dict[str, Any] = {"texts": len(texts), "texts_requested": args.texts}
-    log = (out / "bench-jobs-worker.log").open("ab")
-    worker = subprocess.Popen([sys.executable, "-m", "online.cli", "worker"],
-                              env=os.environ | env, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        print(f"raw model, before: {args.raw_texts} texts, every engine, sorted ...",
-              flush=True)
-        engines = raw_throughput(args.raw_texts, 32, {}, "--candidates", "--rounds", "1")
-        best = engines.get("best") or {}
-        raw_before = raw_throughput(args.raw_texts, 32, {}, "--sorted")["texts_per_s"]
-        with server(env | {"SURGE_ROLE": "jobs"}, out / "bench-servers.log",
-                    probe="/readyz") as api, httpx.Client(base_url=api.url, timeout=60) as c:
-            warm = c.post("/v1/jobs", json={"texts": ["warm the worker up"]}).json()
-            _wait(c, warm["id"], [], time.perf_counter(), 120)
-            store = redis.Redis.from_url(jobs.url)
-            memory_before = int(store.info("memory")["used_memory"])
-            print(f"job of {len(texts)} texts, one worker ...", flush=True)
-            started = time.perf_counter()
-            job_id = c.post("/v1/jobs", json={"texts": texts}).json()["id"]
-            first_page: list[float] = []
-            job = _wait(c, job_id, first_page, started, 3600)
-            seconds = time.perf_counter() - started
-            memory_after = int(store.info("memory")["used_memory"])
-            results_bytes = int(store.memory_usage(f"surge:job:{job_id}:results") or 0)
-        print(f"raw model, after: {args.raw_texts} texts ...", flush=True)
-        raw_after = raw_throughput(args.raw_texts, 32, {}, "--sorted")["texts_per_s"]
-    finally:
-        worker.terminate()
-        worker.wait(timeout=30)
-        log.close()
-        jobs.stop()
-        cache.stop()
+    with redis_server("jobs", out / "redis-jobs") as jobs, \
+            redis_server("cache", out / "redis-cache") as cache:
+        env = {"SURGE_REDIS_URL": jobs.url, "SURGE_CACHE_URL": cache.url}
+        with launched(WORKER, env, out / "bench-jobs-worker.log"):
+            print(f"raw model, before: {args.raw_texts} texts, every engine, sorted ...",
+                  flush=True)
+            engines = raw_throughput(args.raw_texts, 32, {}, "--candidates", "--rounds", "1")
+            best = engines.get("best") or {}
+            raw_before = raw_throughput(args.raw_texts, 32, {}, "--sorted")["texts_per_s"]
+            with server(env | {"SURGE_ROLE": "jobs"}, out / "bench-servers.log",
+                        probe="/readyz") as api, httpx.Client(base_url=api.url, timeout=60) as c:
+                warm = c.post("/v1/jobs", json={"texts": ["warm the worker up"]}).json()
+                _wait(c, warm["id"], [], time.perf_counter(), 120)
+                store = redis.Redis.from_url(jobs.url)
+                memory_before = int(store.info("memory")["used_memory"])
+                print(f"job of {len(texts)} texts, one worker ...", flush=True)
+                started = time.perf_counter()
+                job_id = c.post("/v1/jobs", json={"texts": texts}).json()["id"]
+                first_page: list[float] = []
+                job = _wait(c, job_id, first_page, started, 3600)
+                seconds = time.perf_counter() - started
+                memory_after = int(store.info("memory")["used_memory"])
+                results_bytes = int(store.memory_usage(f"surge:job:{job_id}:results") or 0)
+            print(f"raw model, after: {args.raw_texts} texts ...", flush=True)
+            raw_after = raw_throughput(args.raw_texts, 32, {}, "--sorted")["texts_per_s"]
     raw = (raw_before + raw_after) / 2
     results |= {
         "status": job["status"], "done": job["done"], "seconds": round(seconds, 2),

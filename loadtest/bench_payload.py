@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import os
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -31,34 +30,27 @@ import httpx
 from common.corpus import snippets
 from common.metrics import PAYLOAD_OUTCOMES
 from common.redis_server import free_port
-from loadtest.bench_online import Server, closed_loop, server
+from loadtest.processes import Server, launched, server, wait_ready
 from loadtest.report import markdown_table, write_report
+from loadtest.run import closed_loop
 
 
 @contextmanager
 def drift_sink(log: Path) -> Iterator[str]:
     """`surgeserve drift` on a free port: the events' receiver."""
     port = free_port()
-    with log.open("ab") as out:
-        process = subprocess.Popen([sys.executable, "-m", "online.cli", "drift", "--port",
-                                    str(port), "--host", "127.0.0.1"], stdout=out,
-                                   stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(url + "healthz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the drift consumer did not start; see the bench log")
-            time.sleep(0.1)
+
+    def healthy() -> bool:
+        try:
+            return httpx.get(url + "healthz", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    with launched(("online.cli", "drift", "--port", str(port), "--host", "127.0.0.1"), {},
+                  log) as process:
+        wait_ready(process, healthy, "the drift consumer")
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def outcomes(url: str) -> dict[str, float]:

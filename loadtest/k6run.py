@@ -29,7 +29,7 @@ def k6_closed(url: str, texts: list[str], concurrency: int) -> dict[str, Any]:
     if binary is None:
         import asyncio
 
-        from loadtest.bench_online import closed_loop
+        from loadtest.run import closed_loop
 
         return asyncio.run(closed_loop(url, texts, concurrency)) | {"client": "python"}
     with tempfile.TemporaryDirectory() as tmp:

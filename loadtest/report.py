@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 Row = tuple[str, str, str, str]  # measure, value, goal, detail
+COLUMNS = ("measure", "value", "goal", "detail")
 
 
-def markdown_table(rows: Iterable[Row]) -> str:
-    """The table format of docs/benchmarks.md."""
-    lines = ["| measure | value | goal | detail |", "|---|---|---|---|"]
-    return "\n".join(lines + [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows])
+def markdown_table(rows: Iterable[Sequence[str]], columns: Sequence[str] = COLUMNS) -> str:
+    """The table format of docs/benchmarks.md: one row per measure; `make bench`'s report adds
+    a column (the command that reproduces the row)."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
 
 
 def write_report(out: str | Path, name: str, results: dict[str, Any], table: str) -> None:

@@ -1,4 +1,7 @@
-"""The `surgeserve` command: serve, up, worker, drift, model build|info|bench."""
+"""The `surgeserve` command: serve, up, worker, drift, keys, model build|compile|info.
+
+The benchmark baselines (the naive server, raw model throughput) are in loadtest/:
+`python -m loadtest.naive`, `python -m loadtest.rawbench`."""
 
 from __future__ import annotations
 
@@ -99,22 +102,10 @@ def _cmd_model_info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_model_bench(args: argparse.Namespace) -> int:
-    from online.rawbench import main as rawbench
-
-    return rawbench(args)
-
-
 def _cmd_serve(args: argparse.Namespace) -> int:
     from online.server import serve
 
     return serve()
-
-
-def _cmd_serve_naive(args: argparse.Namespace) -> int:
-    from online.naive import serve_naive
-
-    return serve_naive()
 
 
 def _cmd_worker(args: argparse.Namespace) -> int:
@@ -181,9 +172,6 @@ Subcommands: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 def _add_serving(sub: Subcommands) -> None:
     serve = sub.add_parser("serve", help="run the online API (settings from SURGE_* env)")
     serve.set_defaults(func=_cmd_serve)
-    naive = sub.add_parser("serve-naive",
-                           help="benchmark baseline: one request, one forward pass, no cache")
-    naive.set_defaults(func=_cmd_serve_naive)
     worker = sub.add_parser("worker", help="a Celery worker for bulk jobs (SURGE_REDIS_URL)")
     worker.set_defaults(func=_cmd_worker)
 
@@ -213,7 +201,7 @@ def _add_up(sub: Subcommands) -> None:
 
 
 def _add_model(sub: Subcommands) -> None:
-    model = sub.add_parser("model", help="build, inspect or benchmark a model bundle")
+    model = sub.add_parser("model", help="build, compile or inspect a model bundle")
     msub = model.add_subparsers(dest="model_command", required=True)
     build = msub.add_parser("build", help="fine-tune the default model (cached; seeded)")
     build.add_argument("--output", help="directory (default: the cache dir keyed by settings)")
@@ -235,17 +223,6 @@ def _add_model(sub: Subcommands) -> None:
                                        "choose it) and manifest")
     info.add_argument("path", nargs="?", help="model directory (default: the default bundle)")
     info.set_defaults(func=_cmd_model_info)
-
-    bench = msub.add_parser("bench", help="raw in-process batched throughput (JSON)")
-    bench.add_argument("--texts", type=int, default=2000)
-    bench.add_argument("--batch-size", type=int, default=32)
-    bench.add_argument("--path", default=None)
-    bench.add_argument("--sorted", action="store_true",
-                       help="the whole set sorted (a job chunk's ceiling), not arrival order")
-    bench.add_argument("--candidates", action="store_true",
-                       help="every engine candidate on this CPU, both ways")
-    bench.add_argument("--rounds", type=int, default=2, help="with --candidates: best of N")
-    bench.set_defaults(func=_cmd_model_bench)
 
 
 def main(argv: list[str] | None = None) -> int:

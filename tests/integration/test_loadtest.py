@@ -3,6 +3,7 @@ server's own metrics, open loop keeps its rate, the CLI writes its JSON, CSV and
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import pytest
 
 from common.corpus import snippets
 from loadtest.__main__ import main
-from loadtest.run import RunConfig, constant, run
+from loadtest.run import RunConfig, closed_loop, constant, paced, run
 from loadtest.stats import summary
 from loadtest.sweep import sweep
 from loadtest.traffic import HitRateTexts, Mix, ZipfTexts, parse_stages
@@ -48,6 +49,27 @@ def test_open_loop_keeps_its_arrival_rate(instance: str) -> None:
     assert all(s.status == 200 for s in result.samples)
     starts = [s.start for s in result.samples]
     assert max(starts) < 3 and min(starts) < 0.5
+
+
+def test_the_benchmarks_loops_send_each_text_once_and_keep_their_schedule(
+        instance: str) -> None:
+    """bench_online's closed_loop and paced are runs of the same engine: a closed loop over a
+    fixed list sends each text once and ends when the last is answered; paced sends
+    len // connections per connection on a fixed schedule, at the offered rate."""
+    texts = snippets(103)
+    with httpx.Client(base_url=instance) as client:
+        closed = asyncio.run(closed_loop(instance, texts, 8))
+        assert closed["requests"] == 103 and closed["statuses"] == {200: 103}
+        assert metric(client, "surge_requests_total", route="/v1/predict",
+                      status="200") == 103
+        assert closed["rps"] == pytest.approx(103 / closed["seconds"], abs=0.2)
+        assert 0 < closed["p50_ms"] <= closed["p99_ms"]
+        out = asyncio.run(paced(instance, texts, 4, 40.0))
+        assert out["requests"] == 100 and out["statuses"] == {200: 100}  # 103 // 4 * 4
+        assert metric(client, "surge_requests_total", route="/v1/predict",
+                      status="200") == 203
+    # 25 sends per connection, 0.1 s apart, the last due at 2.4-2.475 s
+    assert out["offered_rps"] == 40.0 and 2.4 <= out["seconds"] < 3.5
 
 
 def test_sweep_and_cli_write_their_files(instance: str, tmp_path: Path) -> None:

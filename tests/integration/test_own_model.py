@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 import pytest
 
-from loadtest.bench_online import server
+from loadtest.processes import server
 from tests.deploy import checks
 
 pytestmark = pytest.mark.slow

@@ -1,11 +1,15 @@
-"""The naive baseline for benchmarks: one request, one forward pass; no batching, no cache.
+"""`python -m loadtest.naive`: the naive baseline for benchmarks: one request, one forward
+pass; no batching, no cache.
 
-This is the server most tutorials write (a sync FastAPI handler calling the model), kept here
-so `make bench` can measure what micro-batching and caching buy against it in the same run.
+This is the server most tutorials write (a sync FastAPI handler calling the model), kept with
+the benchmarks so `make bench` can measure what micro-batching and caching buy against it in
+the same run. It loads the model in process (the only benchmark part besides loadtest.rawbench
+that imports more of `common` than its schemas): it is the same engine, without the service.
 """
 
 from __future__ import annotations
 
+import sys
 import threading
 from typing import Any
 
@@ -40,3 +44,7 @@ def serve_naive(settings: Settings | None = None) -> int:
     uvicorn.run(create_naive_app(bundle), host=settings.host, port=settings.port,
                 log_level="warning", access_log=False)
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(serve_naive())

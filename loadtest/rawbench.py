@@ -1,4 +1,5 @@
-"""`surgeserve model bench`: raw in-process batched model throughput, the ceiling for the service.
+"""`python -m loadtest.rawbench`: raw in-process batched model throughput, the ceiling for the
+service (in process: the one benchmark besides loadtest.naive that loads the model itself).
 
 Default: the engine the server would serve (same settings, streams and pass rule), over
 arrival-order batches of --batch-size (or the whole set sorted, --sorted: the jobs path's
@@ -11,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -106,8 +108,25 @@ def candidates(texts: list[str], batch_size: int, path: Path | None, rounds: int
                               "arrival": best["arrival"], "sorted": best["sorted"]}}
 
 
-def main(args: argparse.Namespace) -> int:
-    """CLI entry."""
+def build_parser() -> argparse.ArgumentParser:
+    """Its arguments (the settings come from SURGE_* as the server's do)."""
+    parser = argparse.ArgumentParser(prog="python -m loadtest.rawbench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--texts", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--path", default=None, help="model directory (default: the default "
+                                                     "bundle)")
+    parser.add_argument("--sorted", action="store_true",
+                        help="the whole set sorted (a job chunk's ceiling), not arrival order")
+    parser.add_argument("--candidates", action="store_true",
+                        help="every engine candidate on this CPU, both ways")
+    parser.add_argument("--rounds", type=int, default=2, help="with --candidates: best of N")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry: `python -m loadtest.rawbench` (prints one JSON object)."""
+    args = build_parser().parse_args(argv)
     settings = Settings()
     path = Path(args.path) if args.path else None
     texts = snippets(args.texts)
@@ -117,3 +136,7 @@ def main(args: argparse.Namespace) -> int:
         result = measure(texts, args.batch_size, path, settings, args.sorted)
     print(json.dumps(result))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
