@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     default_model: str | None = None
     # Where `model build` caches bundles and compiled artifacts live (shared by checkouts).
     model_home: Path = Field(default_factory=lambda: _cache_home() / "surgeserve" / "models")
+    # Where a read-only artifact's engine choice and OpenVINO blobs go (local_cache_dir()).
+    cache_dir: Path | None = None
     max_tokens: int = Field(128, ge=8, le=4096)
     # The engine (common/engines): auto = the fastest measured on this CPU that passes the
     # accuracy guard (README, Engines); the others force one. Precision likewise.
@@ -229,6 +231,12 @@ class Settings(BaseSettings):
             value = ",".join(f"{name}:{digest}" for name, digest in value.items())
         return parse_api_keys(value) if isinstance(value, str) else value
 
+    @field_validator("cache_dir", mode="before")
+    @classmethod
+    def _blank_cache_dir_is_unset(cls, value: Any) -> Any:
+        """SURGE_CACHE_DIR= (set but empty) means unset, not the working directory."""
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("models", mode="before")
     @classmethod
     def _models_spec(cls, value: Any) -> Any:
@@ -278,7 +286,8 @@ class Settings(BaseSettings):
         for key in ("cache_url", "redis_url", "k_sink", "payload_sink"):
             if out.get(key):
                 out[key] = mask_url(out[key])
-        out["model_dir"] = str(out["model_dir"]) if out["model_dir"] else None
+        for key in ("model_dir", "cache_dir"):
+            out[key] = str(out[key]) if out[key] else None
         out["model_home"] = str(out["model_home"])
         if out.get("models"):
             out["models"] = {name: str(path) for name, path in out["models"].items()}
@@ -357,10 +366,11 @@ def _cache_home() -> Path:
 def local_cache_dir() -> Path:
     """Where this machine keeps what it measures and compiles for an artifact whose own
     directory is read-only (a runtime image): SURGE_CACHE_DIR, else the user's cache
-    directory when it can be made, else the temp directory (per user)."""
-    env = os.environ.get("SURGE_CACHE_DIR")
-    if env:
-        return Path(env)
+    directory when it can be made, else the temp directory (per user). Read where an
+    artifact is opened, deep below the server's Settings, as default_model_home is."""
+    configured = Settings().cache_dir
+    if configured is not None:
+        return configured
     base = _cache_home() / "surgeserve"
     try:
         (base / "local").mkdir(parents=True, exist_ok=True)

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import pytest
@@ -93,3 +94,19 @@ def test_max_wait_is_in_seconds_and_the_old_ms_setting_still_works(
     monkeypatch.setenv("SURGE_MAX_WAIT_MS", "5000")  # the old bound still holds
     with pytest.raises(ValueError):
         Settings()
+
+
+def test_the_local_cache_dir_is_a_setting_and_blank_means_unset(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """SURGE_CACHE_DIR is read by Settings like every SURGE_* name (a read-only artifact's
+    engine choice and OpenVINO blobs go there); set but empty, it is unset, never the
+    working directory."""
+    from common.settings import local_cache_dir
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("SURGE_CACHE_DIR", str(tmp_path / "chosen"))
+    assert Settings().cache_dir == tmp_path / "chosen" == local_cache_dir()
+    assert json.loads(json.dumps(Settings().masked()))["cache_dir"] == str(tmp_path / "chosen")
+    monkeypatch.setenv("SURGE_CACHE_DIR", " ")
+    assert Settings().cache_dir is None
+    assert local_cache_dir() == tmp_path / "xdg" / "surgeserve" / "local"
