@@ -8,10 +8,8 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import yaml
 
 RULES = Path(__file__).resolve().parents[1] / "grafana" / "prometheus" / "rules" / "surgeserve.yml"
@@ -57,14 +55,10 @@ def start(binary: str, folder: Path, port: int, api: str, worker: str,
             [binary, f"--config.file={config}", f"--storage.tsdb.path={folder / 'data'}",
              f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=2d"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/-/ready", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
+    from online.stack import wait_http  # the stack imports this module when it runs it
+
+    if wait_http(f"http://127.0.0.1:{port}/-/ready", process, timeout_s=30):
+        return process
     process.kill()
     process.wait()
     raise RuntimeError(f"prometheus did not start; see {folder / 'prometheus.log'}")

@@ -16,11 +16,12 @@ from common.settings import Settings
 from common.training import ensure_default_model
 
 
-def _wait_ready(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> bool:
+def wait_http(url: str, process: subprocess.Popen[bytes], timeout_s: float = 120) -> bool:
+    """True once `url` answers 200; False if the process exits or `timeout_s` passes first."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline and process.poll() is None:
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+            if httpx.get(url, timeout=1).status_code == 200:
                 return True
         except httpx.HTTPError:
             pass
@@ -111,7 +112,7 @@ def up(api_port: int | None = None, run_dir: Path = Path(".run"),
     signal.signal(signal.SIGTERM, stop)
     try:
         base = f"http://127.0.0.1:{port}"
-        if _wait_ready(base, api):
+        if wait_http(f"{base}/readyz", api):
             print(_banner(base, worker.pid, worker_metrics, cache, jobs, prometheus_line),
                   flush=True)
         while api.poll() is None and not stopping:
