@@ -9,9 +9,6 @@ import logging
 import math
 import time
 
-import redis.asyncio as aioredis
-import redis.exceptions
-
 from common.errors import RateLimited
 
 log = logging.getLogger(__name__)
@@ -44,10 +41,16 @@ class RateLimiter:
                  down_for_s: float = 5.0, *, unit: str = "requests", name: str = "rl"):
         self.rate, self.burst = rate, burst
         self.unit, self.name = unit, name  # what a token is; the bucket family's key prefix
-        self._redis = (aioredis.Redis.from_url(redis_url, socket_timeout=0.1,
-                                               socket_connect_timeout=0.1)
-                       if redis_url else None)
-        self._script = self._redis.register_script(_TAKE) if self._redis else None
+        self._redis, self._script = None, None
+        self._errors: tuple[type[Exception], ...] = (OSError,)
+        if redis_url:  # redis-py is imported only then (~0.1 s of a cold start without one)
+            import redis.asyncio as aioredis
+            from redis.exceptions import RedisError
+
+            self._redis = aioredis.Redis.from_url(redis_url, socket_timeout=0.1,
+                                                  socket_connect_timeout=0.1)
+            self._script = self._redis.register_script(_TAKE)
+            self._errors = (RedisError, OSError)
         self._local: dict[str, tuple[float, float]] = {}
         self._down_until = 0.0
         self._down_for_s = down_for_s
@@ -75,7 +78,7 @@ class RateLimiter:
         key = f"surge:{self.name}:" + hashlib.sha256(who.encode()).hexdigest()[:24]
         try:
             return float(await self._script(keys=[key], args=[self.rate, self.burst, cost]))
-        except (redis.exceptions.RedisError, OSError) as exc:
+        except self._errors as exc:
             log.warning("rate limiter: cache Redis unavailable (%s); per-replica buckets "
                         "for %g s", type(exc).__name__, self._down_for_s)
             self._down_until = time.monotonic() + self._down_for_s
