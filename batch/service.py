@@ -36,8 +36,12 @@ class JobService:
     """Jobs on the jobs Redis; chunks go to Celery workers."""
 
     def __init__(self, store: JobStore, celery: Any, settings: Settings,
-                 metrics: Metrics | None = None):
+                 metrics: Metrics | None = None,
+                 served: Callable[[], list[str]] | None = None):
         self.store = store
+        # The names of the models this process has loaded (SURGE_ROLE=all: the worker loads
+        # the same settings), for when the settings do not name them.
+        self.served = served
         self.celery = celery
         self.settings = settings
         self.metrics = metrics or Metrics()
@@ -76,9 +80,13 @@ class JobService:
                     max_items=self.settings.job_max_items, unit="job")
 
     def check_model(self, model: str | None) -> None:
-        """A named model must be one this deployment serves (when the names are known here:
-        SURGE_MODELS or SURGE_MODEL_NAME; otherwise the worker fails the job, saying why)."""
+        """A named model must be one this deployment serves, when the names are known here:
+        SURGE_MODELS or SURGE_MODEL_NAME, else the models this process has loaded (role
+        all). A jobs-only API that names none leaves it to the worker, which fails the job
+        saying why."""
         names = self.settings.model_names()
+        if names is None and self.served is not None:
+            names = self.served() or None  # none loaded yet: the worker decides
         if model is not None and not (is_text(model) and 0 < len(model) <= 128):
             raise UnknownModelInput("no such model name", {"available": names})
         if model is not None and names is not None and model not in names:

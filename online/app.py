@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from typing import Any
@@ -51,7 +51,8 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
             given = bundles or ({bundle.name: bundle} if bundle is not None else None)
             await rt.start(given, bundles_future)
         if settings.redis_url:
-            app.state.jobs = _job_service(settings, rt.metrics)
+            served = (lambda: list(rt.services)) if settings.role != "jobs" else None
+            app.state.jobs = _job_service(settings, rt.metrics, served)
         yield
         await rt.stop()
         await app.state.security.close()
@@ -94,13 +95,14 @@ def create_app(settings: Settings, *, bundle: ModelBundle | None = None,
     return app
 
 
-def _job_service(settings: Settings, metrics: Metrics) -> Any:
+def _job_service(settings: Settings, metrics: Metrics,
+                 served: Callable[[], list[str]] | None) -> Any:
     from batch.celery_app import create_celery
     from batch.service import JobService
     from batch.store import JobStore
 
     store = JobStore.from_url(str(settings.redis_url), ttl_s=settings.job_ttl_s)
-    return JobService(store, create_celery(settings), settings, metrics)
+    return JobService(store, create_celery(settings), settings, metrics, served)
 
 
 def _error_response(error: SurgeError) -> JSONResponse:

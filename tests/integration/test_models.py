@@ -110,3 +110,19 @@ def test_a_job_names_its_model(make_app, live_server, jobs_redis, start_worker,
             assert done["status"] == "succeeded" and done["model"] == model
             page = client.get(f"/v1/jobs/{job['id']}/results").json()["results"]
             assert {r["label"] for r in page} <= labels
+
+
+def test_an_all_role_api_refuses_a_job_for_a_model_it_does_not_serve(
+        make_app, live_server, jobs_redis, default_bundle) -> None:
+    """No model names in the settings (SURGE_MODELS, SURGE_MODEL_NAME unset): an API that
+    serves the models itself (role all; its workers load the same settings) knows them once
+    loaded, so a job naming another is a 422 at submit, not a job that fails later."""
+    app = make_app(redis_url=jobs_redis.url)
+    with live_server(app) as srv, httpx.Client(base_url=srv.url, timeout=30) as client:
+        unknown = client.post("/v1/jobs", json={"texts": ["x"], "model": "nope"})
+        assert unknown.status_code == 422, unknown.text
+        error = unknown.json()["error"]
+        assert error["code"] == "unknown_model_input"
+        assert error["detail"] == {"model": "nope", "available": [default_bundle.name]}
+        named = client.post("/v1/jobs", json={"texts": ["x"], "model": default_bundle.name})
+        assert named.status_code == 202, named.text
