@@ -138,7 +138,7 @@ class JobStore:
             if job := self.replay(texts, model=model, idempotency_key=idempotency_key,
                                   owner=owner, kind=kind, ids=ids):
                 return job, False
-        job_id = secrets.token_urlsafe(16)  # unguessable: the id is the capability to read
+        job_id = new_job_id()
         self._write_texts(job_id, texts, ids)
         meta: dict[str, Any] = {
             "id": job_id, "status": QUEUED, "total": len(texts), "chunk_size": chunk_size,
@@ -378,6 +378,16 @@ def is_out_of_memory(exc: BaseException) -> bool:
     (a command, a MULTI's EXECABORT, a script)."""
     return isinstance(exc, redis.OutOfMemoryError) or (
         isinstance(exc, redis.ResponseError) and "OOM command not allowed" in str(exc))
+
+
+def new_job_id() -> str:
+    """An unguessable job id (the id is the capability to read the job): 16 random bytes,
+    URL-safe base64, never starting with "-". One id in 64 did, and a command line then read
+    it as an option (`ssc wait -u78H...`: "unrecognized arguments"; argparse, getopt and most
+    CLIs alike). Redrawing those costs 0.02 of a bit of the 128."""
+    while (job_id := secrets.token_urlsafe(16)).startswith("-"):
+        pass
+    return job_id
 
 
 def _now() -> str:

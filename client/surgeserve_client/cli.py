@@ -254,14 +254,15 @@ def build_parser(prog: str = "ssc") -> argparse.ArgumentParser:
 
     results = sub.add_parser("results", aliases=["download"], parents=common,
                              help="download results (several ids: merged in that order)")
-    results.add_argument("ids", nargs="*", metavar="ID")
+    ids_help = "job ids (one that starts with '-', from an older server, goes after --)"
+    results.add_argument("ids", nargs="*", metavar="ID", help=ids_help)
     _output_options(results)
     results.set_defaults(func=cmd_results)
 
     for name, func, text in (("wait", cmd_wait, "follow jobs until they end"),
                              ("cancel", cmd_cancel, "cancel jobs")):
         cmd = sub.add_parser(name, parents=common, help=text)
-        cmd.add_argument("ids", nargs="+", metavar="ID")
+        cmd.add_argument("ids", nargs="+", metavar="ID", help=ids_help)
         cmd.set_defaults(func=func)
 
     status = sub.add_parser("status", parents=common, help="a job's status (JSON)")
