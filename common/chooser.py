@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from common.bundle import _chunks
-from common.compiled import GUARD, guard_set, local_copy, read_manifest, writable_dir, write_json
+from common.compiled import GUARD, guard_set, places, read_manifest, writable_dir, write_json
 from common.engines import Batching, Engine, Spec, open_engine
 from common.settings import usable_cpus
 
@@ -290,7 +290,7 @@ def _record(results: list[Measured], guard: dict[str, Any], gold: list[int] | No
 def recorded(artifact: Path) -> dict[str, Any] | None:
     """What was measured with this artifact on this CPU, if anything: kept with the
     artifact, or (a read-only artifact) under SURGE_CACHE_DIR."""
-    for where in (artifact, local_copy(artifact)):
+    for where in places(artifact):
         record = _choices(where).get(cpu_key())
         if isinstance(record, dict):
             return dict(record)
