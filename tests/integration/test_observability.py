@@ -92,9 +92,12 @@ def test_dashboards_and_rules_name_only_exported_metrics(make_app, live_server, 
             start_worker(SURGE_WORKER_METRICS_PORT=str(port), SURGE_PAYLOAD_SINK=drift.url)
             worker_text = scrape(f"http://127.0.0.1:{port}/metrics")  # up before the work
             exercise(api, jobs_redis.url)
-            api_text = api.get("/metrics").text
-            worker_text = scrape(f"http://127.0.0.1:{port}/metrics")
-        drift_text = _drift_after(drift.url, 4 + 150 + 2)  # predictions + job items
+            # The events go out in the background (the API's up to FLUSH_S after its
+            # answers) and each sender counts one once the sink has answered it: wait for
+            # the drift consumer to have them all, then for both senders to have counted.
+            drift_text = _drift_after(drift.url, 4 + 150 + 2)  # predictions + job items
+            api_text = _sent_counted(f"{srv.url}/metrics")
+            worker_text = _sent_counted(f"http://127.0.0.1:{port}/metrics")
 
     exported = (checks.families(api_text) | checks.families(worker_text)
                 | checks.families(drift_text))
@@ -122,6 +125,19 @@ def test_dashboards_and_rules_name_only_exported_metrics(make_app, live_server, 
     assert sample(api_text, "surge_payload_events_total", outcome="sent") >= 1
     assert sample(worker_text, "surge_payload_events_total", outcome="sent") >= 1
     assert sample(drift_text, "surge_drift_events_total", outcome="accepted") >= 2
+
+
+def _sent_counted(url: str, timeout: float = 10) -> str:
+    """An exposition once its prediction events are counted as sent (a sender counts an event
+    after the sink's reply, which may come just after the sink counted it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        text = scrape(url)
+        if sample(text, "surge_payload_events_total", outcome="sent") >= 1:
+            return text
+        if time.monotonic() > deadline:
+            return text  # the test's assertion says what was counted instead
+        time.sleep(0.1)
 
 
 def _drift_after(url: str, predictions: int, timeout: float = 20) -> str:

@@ -132,6 +132,8 @@ def test_events_arrive_as_cloudevents_the_sdk_parses(live_server, default_bundle
                            headers={"X-Request-ID": "req-bulk"})
         assert [r.status_code for r in [*replies, bulk]] == [200, 200, 200]
         wait_for(lambda: len(receiver.records()) == 4)
+        # The sender counts an event once the sink's reply is in, just after the sink has it.
+        wait_for(lambda: outcomes(m)["sent"] >= 4, timeout=5)
         assert outcomes(m)["sent"] == 4
 
     for headers, body in receiver.requests:  # binary mode, JSON data, no raw text anywhere
