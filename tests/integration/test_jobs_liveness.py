@@ -66,10 +66,14 @@ def test_a_worker_sigkilled_at_a_random_moment_loses_nothing_with_defaults(
     workers = [start_worker(fault="", K_SINK=sink.url) for _ in range(2)]
     job_id = client.post("/v1/jobs", json={"texts": snippets(3000)}).json()["id"]
     chunks = 12
-    while client.get(f"/v1/jobs/{job_id}").json()["done"] == 0:
-        time.sleep(0.05)
-    pause = random.uniform(0, 8)  # a random moment of the job (~20-40 s here)
-    time.sleep(pause)
+    # A random moment of the job, by its progress rather than by a clock (the job takes
+    # 5-40 s, by machine and engine): after 1 to 9 of its 12 chunks are written, at least 3
+    # are left, so both workers still hold one.
+    after = random.randint(1, chunks - 3)
+    started = time.monotonic()
+    while client.get(f"/v1/jobs/{job_id}").json()["done"] < after * 256:
+        time.sleep(0.02)
+    pause = time.monotonic() - started
     deadline = time.monotonic() + 30
     while True:  # the kill lands on a worker holding a chunk: the case that stalled an hour
         holding = [(w, c) for w in workers if (c := held_chunk(broker, w.pid)) is not None]
@@ -89,8 +93,8 @@ def test_a_worker_sigkilled_at_a_random_moment_loses_nothing_with_defaults(
         time.sleep(0.05)
     done_s = time.monotonic() - killed
     job = wait_done(client, job_id, timeout=180)
-    print(f"\nSIGKILL {pause:.1f} s into the job, chunk {chunk}: runs again after "
-          f"{rerun_s:.1f} s, written after {done_s:.1f} s")
+    print(f"\nSIGKILL {pause:.1f} s into the job ({after} chunks written), chunk {chunk}: "
+          f"runs again after {rerun_s:.1f} s, written after {done_s:.1f} s")
     assert job["status"] == "succeeded" and job["done"] == 3000
     every_index_once(jobs_redis.url, job_id, 3000)
     counted = runs(broker, job_id, chunks)
