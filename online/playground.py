@@ -124,6 +124,7 @@ async function predict() {
   if (!res.ok) { show($("meta"), await errorText(res), "error"); return; }
   const result = await res.json();
   render(result);
+  $("bars").dataset.text = text;  // which text the bars are for
   show($("meta"), result.model + " " + result.version + " · " +
        (result.cached ? "from the cache" : "computed") + " · " +
        Math.round(performance.now() - started) + " ms");

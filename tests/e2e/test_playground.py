@@ -41,7 +41,10 @@ def test_prediction_appears_after_typing(browser: Browser, site: str) -> None:
     browser.goto(site + "/")
     assert browser.wait_for("document.querySelectorAll('#model option').length") == 1
     browser.type_into("#text", "a warm, funny and moving film")
-    rows = browser.wait_for("Array.from(document.querySelectorAll('#bars .row'))"
+    # The bars of the whole text (a pause between keystrokes may show a part's first).
+    rows = browser.wait_for("document.getElementById('bars').dataset.text === "
+                            "'a warm, funny and moving film' && "
+                            "Array.from(document.querySelectorAll('#bars .row'))"
                             ".map(r => [r.dataset.label, r.lastChild.textContent])")
     assert [label for label, _ in rows] == ["POSITIVE", "NEGATIVE"]
     assert float(rows[0][1].rstrip("%")) > 50

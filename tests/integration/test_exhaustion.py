@@ -136,7 +136,7 @@ def test_concurrent_large_uploads_are_bounded(make_app, live_server, jobs_redis)
         slow = socket.create_connection(("127.0.0.1", srv.port), timeout=30)
         slow.sendall(b"POST /v1/jobs HTTP/1.1\r\nHost: t\r\ncontent-type: application/json\r\n"
                      + f"content-length: {len(body)}\r\n\r\n".encode() + body[:1000])
-        time.sleep(0.3)  # the slow upload holds the one large-body slot
+        time.sleep(1.0)  # the slow upload holds the one large-body slot (taken at its head)
         busy = client.post("/v1/jobs", content=body,
                            headers={"content-type": "application/json"})
         small = client.post("/v1/jobs", json={"texts": ["small"]})

@@ -84,9 +84,10 @@ def test_a_message_back_in_place_before_the_confirmation_is_left_alone(broker) -
     app, settings, store = broker
     job = submit(app, settings, store, 2)
     raw = store.redis.rpop(settings.job_queue)  # in flight: popped, not yet recorded
+    # back after 0.2 s, long before the 2 s confirmation (a slow thread start is no race)
     threading.Timer(0.2, store.redis.rpush, (settings.job_queue, raw)).start()
     published: list[Any] = []
-    sweeper = sweeper_for(app, settings, store, published, confirm_s=0.6)
+    sweeper = sweeper_for(app, settings, store, published, confirm_s=2.0)
     assert sweeper.sweep(now=time.time() + 11) == [] and published == []
     assert store.redis.llen(settings.job_queue) == 2
     assert chunk_of(raw, RUN_CHUNK) == (job, 0)
@@ -182,7 +183,8 @@ def test_a_young_or_acked_orphan_is_left_alone(broker) -> None:  # type: ignore[
     (first, _second), conn = taken(app, settings, 2)
     young = sweeper_for(app, settings, store, [], reclaim_grace_s=60, confirm_s=0)
     assert young.reclaimer().reclaim() == []  # a worker lists its message ms after kombu
-    sweeper = sweeper_for(app, settings, store, [], reclaim_grace_s=0, confirm_s=0.6)
+    sweeper = sweeper_for(app, settings, store, [], reclaim_grace_s=0, confirm_s=2.0)
+    # acked after 0.2 s, long before the 2 s confirmation
     threading.Timer(0.2, conn.default_channel.basic_ack, (first.delivery_tag,)).start()
     assert [c for _, c in sweeper.reclaimer().reclaim()] == [1]  # the acked one stays acked
     assert store.redis.hlen("unacked") == 0 and store.redis.llen(settings.job_queue) == 1
