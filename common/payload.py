@@ -26,6 +26,7 @@ import contextlib
 import json
 import logging
 import random
+import sys
 import threading
 import time
 import uuid
@@ -356,9 +357,11 @@ def _backoff(previous: float, failed: bool) -> float:
 
 
 def _log_failure(exc: Exception) -> None:
-    import httpx  # imported by the sender thread already
-
-    if isinstance(exc, httpx.HTTPError | SinkError | TimeoutError):
+    # httpx's errors come only from the sender thread, which imported it; the loop's sender
+    # (SinkClient) never does, and importing it here would stall the loop on its first failure.
+    httpx = sys.modules.get("httpx")
+    expected = (SinkError, TimeoutError, *((httpx.HTTPError,) if httpx else ()))
+    if isinstance(exc, expected):
         log.debug("payload sink: %s", type(exc).__name__)
     else:  # a bug here must not stop the sender: later events still go
         log.exception("prediction event not sent")
