@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -127,32 +128,34 @@ def test_dashboards_and_rules_name_only_exported_metrics(make_app, live_server, 
     assert sample(drift_text, "surge_drift_events_total", outcome="accepted") >= 2
 
 
+def scrape_until(url: str, ready: Callable[[str], bool], timeout: float) -> str:
+    """The exposition once `ready` holds for it, else the last one after `timeout` s (what
+    the metrics count is updated in the background: by senders, by other processes)."""
+    deadline = time.monotonic() + timeout
+    while not ready(text := scrape(url)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return text
+
+
 def _sent_counted(url: str, timeout: float = 10) -> str:
     """An exposition once its prediction events are counted as sent (a sender counts an event
-    after the sink's reply, which may come just after the sink counted it)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = scrape(url)
-        if sample(text, "surge_payload_events_total", outcome="sent") >= 1:
-            return text
-        if time.monotonic() > deadline:
-            return text  # the test's assertion says what was counted instead
-        time.sleep(0.1)
+    after the sink's reply, which may come just after the sink counted it); the test's
+    assertion says what was counted instead if they never are."""
+    return scrape_until(url, lambda text: sample(text, "surge_payload_events_total",
+                                                 outcome="sent") >= 1, timeout)
 
 
 def _drift_after(url: str, predictions: int, timeout: float = 20) -> str:
     """The drift consumer's metrics once it has counted `predictions` (events arrive in
     the background, up to half a second after the answers)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        text = scrape(f"{url}/metrics")
-        counted = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                      if line.startswith("surge_drift_window_predictions{"))
-        if counted == predictions:
-            return text
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"the drift consumer counted {counted} of {predictions}")
-        time.sleep(0.2)
+    def counted(text: str) -> float:
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("surge_drift_window_predictions{"))
+
+    text = scrape_until(f"{url}/metrics", lambda t: counted(t) == predictions, timeout)
+    if counted(text) != predictions:
+        raise TimeoutError(f"the drift consumer counted {counted(text)} of {predictions}")
+    return text
 
 
 def _yaml(path: Path) -> dict:  # type: ignore[type-arg]
